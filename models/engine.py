@@ -1,0 +1,309 @@
+"""The engine: one base model, many LoRA adapters, one device, any number of callers.
+
+The web app, `inference.py` and the evaluator all call this module. A *variant* is "base" or an
+adapter name. `compare` answers several variants in one batched generate (PEFT mixed-adapter
+batch) and streams each row on its own; every call holds the device queue from start to end, so
+no call sees another call's adapter.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import queue
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from . import adapters as registry
+from .adapters import AdapterInfo, check_compatible, validate_name
+from .base import LoadedBase, load_base
+from .config import ArenaError, EngineConfig, SamplingParams
+from .device_queue import Cancelled, DeviceQueue
+from .prompts import build_prompt_ids, normalize_messages
+from .runner import BASE_ROW, HFRunner, Row
+from .streaming import GenerationStats, StreamEvent
+
+log = logging.getLogger(__name__)
+BASE = "base"
+
+
+@dataclass
+class ChatRequest:
+    variant: str
+    messages: list[dict] | str
+    system: str | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass
+class Answer:
+    variant: str
+    text: str
+    stats: GenerationStats
+
+
+class Engine:
+    def __init__(self, base: LoadedBase, config: EngineConfig):
+        self.base = base
+        self.config = config
+        self.device = DeviceQueue()
+        self.runner = HFRunner(base.model, base.tokenizer, base.device)
+        self._peft = None  # a PeftModel around base.model once the first adapter is loaded
+        self._adapters: dict[str, AdapterInfo] = {}
+        self._lock = threading.Lock()  # guards _adapters; the device queue guards the model
+
+    @classmethod
+    def load(cls, config: EngineConfig) -> "Engine":
+        base = load_base(config.base, config.models_dir, config.device, config.quantization)
+        engine = cls(base, config)
+        engine.rescan(load=config.load_adapters)
+        return engine
+
+    # ----- adapters -------------------------------------------------------------------------
+
+    @property
+    def adapter_dirs(self) -> list[Path]:
+        return [self.config.adapters_dir, *self.config.adapter_dirs]
+
+    def adapters(self) -> list[AdapterInfo]:
+        with self._lock:
+            return list(self._adapters.values())
+
+    def variants(self) -> list[str]:
+        """What can answer now: the base and every loaded adapter."""
+        return [BASE] + [a.name for a in self.adapters() if a.status == "loaded"]
+
+    def rescan(self, load: bool = True) -> list[AdapterInfo]:
+        """Read the adapter folders again: load new adapters, forget ones whose folder is gone."""
+        found = {info.name: info for info in registry.scan(self.adapter_dirs)}
+        for name, old in list(self._adapters.items()):
+            if name not in found or found[name].path != old.path:
+                self.unload_adapter(name, forget=True)
+        for name, info in found.items():
+            if name in self._adapters:
+                continue
+            with self._lock:
+                self._adapters[name] = info
+            if info.status != "failed" and load:
+                self.load_adapter(name)
+        return self.adapters()
+
+    def load_adapter(self, name: str) -> AdapterInfo:
+        """Check and load one known adapter; a failure is recorded on it, never raised."""
+        info = self._get(name)
+        if info.status == "loaded":
+            return info
+        fresh = registry.inspect_folder(info.path)  # the folder may have changed since the scan
+        reason = fresh.reason or check_compatible(fresh, self.base)
+        if not reason:
+            with self.device.hold():
+                reason = self._attach(fresh)
+        if reason:
+            fresh.fail(reason)
+            log.warning("adapter %s skipped: %s", name, reason)
+        else:
+            fresh.status = "loaded"
+        fresh.name = name
+        with self._lock:
+            self._adapters[name] = fresh
+        return fresh
+
+    def unload_adapter(self, name: str, forget: bool = False) -> None:
+        """Free an adapter's memory; it stays listed (as available) unless forget is set."""
+        info = self._get(name)
+        if info.status == "loaded":
+            with self.device.hold():
+                self._detach(name)
+            info.status = "available"
+        if forget:
+            with self._lock:
+                self._adapters.pop(name, None)
+
+    def reload_adapter(self, name: str) -> AdapterInfo:
+        """Load again from disk, e.g. after retraining under the same name."""
+        self.unload_adapter(name)
+        return self.load_adapter(name)
+
+    def delete_adapter(self, name: str) -> Path:
+        """Unload and move the folder to the trash folder (recoverable), never rm -rf."""
+        info = self._get(name)
+        self.unload_adapter(name, forget=True)
+        trash = self.config.trash_dir / f"{info.path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(info.path), trash)
+        return trash
+
+    def _get(self, name: str) -> AdapterInfo:
+        with self._lock:
+            info = self._adapters.get(name)
+        if info is None:
+            raise ArenaError(f"unknown adapter '{name}'")
+        return info
+
+    def _attach(self, info: AdapterInfo) -> str:
+        """Load weights into the shared PeftModel; returns a reason on failure. Device must be held."""
+        from peft import PeftConfig, PeftModel
+
+        try:
+            if self._peft is None:
+                config = PeftConfig.from_pretrained(str(info.path))
+                config.inference_mode = True
+                self._peft = PeftModel(self.base.model, config, adapter_name=info.name)
+            self._peft.load_adapter(str(info.path), adapter_name=info.name, is_trainable=False)
+            self._peft.eval()
+        except Exception as exc:  # PEFT raises many kinds; the adapter is skipped, the server goes on
+            self._detach(info.name)
+            return f"PEFT could not load it: {registry_first_line(exc)}"
+        info.trainable_parameters = sum(
+            p.numel() for n, p in self._peft.named_parameters() if f".{info.name}." in n
+        )
+        return ""
+
+    def _detach(self, name: str) -> None:
+        if self._peft is None or name not in self._peft.peft_config:
+            return
+        if len(self._peft.peft_config) == 1:
+            self._peft.unload()  # removes the LoRA layers: base.model is plain again
+            self._peft = None
+        else:
+            self._peft.delete_adapter(name)
+        gc.collect()
+        if self.base.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # ----- generation -----------------------------------------------------------------------
+
+    def stream(self, requests: list[ChatRequest], cancel: threading.Event | None = None) -> Iterator[StreamEvent]:
+        """Answer every request, streaming; closing the iterator early cancels the generation."""
+        rows = [self._row(i, r) for i, r in enumerate(requests)]
+        stop = threading.Event()
+        events: queue.Queue = queue.Queue()
+        watcher = _either(stop, cancel)
+        worker = threading.Thread(target=self._work, args=(rows, requests, events.put, watcher), daemon=True)
+        worker.start()
+        try:
+            while True:
+                event = events.get()
+                if event is None:
+                    return
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+        finally:
+            stop.set()  # the caller left (closed tab, broke out of the loop): free the device
+
+    def _work(self, rows, requests, emit, cancel) -> None:
+        queued = time.perf_counter()
+        try:
+            with self.device.hold(cancel):
+                wait = time.perf_counter() - queued
+                for group, mixed in self._groups(rows, requests):
+                    if cancel.is_set():
+                        break
+                    self._run_group(group, requests[group[0].index].params, emit, cancel, wait, mixed)
+        except Cancelled:
+            for row in rows:
+                emit(StreamEvent(row.index, row.variant, "", "", done=True,
+                                 stats=GenerationStats(finish_reason="cancelled")))
+        except torch.OutOfMemoryError:
+            emit(ArenaError("out of memory on the device: try fewer columns or fewer new tokens"))
+        except Exception as exc:
+            emit(exc)
+        finally:
+            emit(None)
+
+    def _groups(self, rows: list[Row], requests: list[ChatRequest]):
+        """Rows with the same sampling settings share one batch; DoRA rows run alone (PEFT can't mix them)."""
+        batches: dict[tuple, list[Row]] = {}
+        alone = []
+        for row in rows:
+            info = self._adapters.get(row.variant)
+            if info is not None and info.use_dora:
+                alone.append(([row], False))
+            else:
+                key = tuple(sorted(requests[row.index].params.to_dict().items()))
+                batches.setdefault(key, []).append(row)
+        return [(group, True) for group in batches.values()] + alone
+
+    def _run_group(self, group, params, emit, cancel, wait, mixed) -> None:
+        if not mixed:
+            self._peft.set_adapter(group[0].adapter)
+        self.runner.run(group, params, self._peft, emit, cancel, wait, mixed=mixed)
+
+    def _row(self, index: int, request: ChatRequest) -> Row:
+        messages = normalize_messages(request.messages, request.system)
+        adapter = self._adapter_for(request.variant)
+        ids = build_prompt_ids(self.base.tokenizer, messages)
+        limit = getattr(self.base.model.config, "max_position_embeddings", None)
+        if limit and len(ids) + request.params.max_new_tokens > limit:
+            raise ArenaError(
+                f"the conversation is {len(ids)} tokens; with {request.params.max_new_tokens} new tokens it "
+                f"exceeds this model's {limit}-token context: clear the chat or ask for fewer tokens"
+            )
+        return Row(index, request.variant, adapter, ids)
+
+    def _adapter_for(self, variant: str) -> str:
+        if variant == BASE:
+            return BASE_ROW
+        info = self._adapters.get(variant)
+        if info is None:
+            raise ArenaError(f"unknown variant '{variant}': choose from {', '.join(self.variants())}")
+        if info.status != "loaded":
+            why = f": {info.reason}" if info.reason else " (not loaded)"
+            raise ArenaError(f"adapter '{variant}' cannot answer{why}")
+        return variant
+
+    # ----- conveniences over stream() ---------------------------------------------------------
+
+    def compare_stream(self, variants: list[str], messages, *, system: str | None = None,
+                       params: SamplingParams | None = None, cancel=None) -> Iterator[StreamEvent]:
+        params = params or SamplingParams()
+        return self.stream([ChatRequest(v, messages, system, params) for v in variants], cancel)
+
+    def compare(self, variants: list[str], messages, **kwargs) -> list[Answer]:
+        answers: list[Answer | None] = [None] * len(variants)
+        for event in self.compare_stream(variants, messages, **kwargs):
+            if event.done:
+                answers[event.index] = Answer(event.variant, event.text, event.stats)
+        return answers
+
+    def generate_stream(self, variant: str, messages, **kwargs) -> Iterator[StreamEvent]:
+        return self.compare_stream([variant], messages, **kwargs)
+
+    def generate(self, variant: str, messages, **kwargs) -> Answer:
+        return self.compare([variant], messages, **kwargs)[0]
+
+    def info(self) -> dict:
+        """What the Models tab shows about the base."""
+        memory = (torch.cuda.memory_allocated(self.base.device) if self.base.device.type == "cuda"
+                  else sum(p.numel() * p.element_size() for p in self.base.model.parameters()))
+        return {
+            "name": self.base.name, "path": self.base.path, "parameters": self.base.parameters,
+            "dtype": str(self.base.dtype).replace("torch.", ""), "device": str(self.base.device),
+            "quantization": self.base.quantization or "none", "memory_mb": round(memory / 2**20, 1),
+            "load_seconds": round(self.base.load_seconds, 2), "notes": self.base.notes,
+            "waiting": self.device.waiting,
+        }
+
+
+def registry_first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+class _either:
+    """An Event-like view that is set when either of two events is set."""
+
+    def __init__(self, a: threading.Event, b: threading.Event | None):
+        self.a, self.b = a, b
+
+    def is_set(self) -> bool:
+        return self.a.is_set() or (self.b is not None and self.b.is_set())
+
+    def set(self) -> None:
+        self.a.set()

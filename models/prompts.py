@@ -1,0 +1,37 @@
+"""Chat messages in, prompt token ids out, through the tokenizer's own chat template."""
+from __future__ import annotations
+
+from .config import ArenaError
+
+ROLES = {"system", "user", "assistant", "tool"}
+
+
+def normalize_messages(messages, system: str | None = None) -> list[dict]:
+    """Check a conversation and put the system prompt first; errors name the bad message."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if not isinstance(messages, list) or not messages:
+        raise ArenaError("messages must be a non-empty list of {role, content} objects")
+    clean = []
+    for n, message in enumerate(messages, 1):
+        if not isinstance(message, dict):
+            raise ArenaError(f"message {n} is not an object with role and content")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise ArenaError(f"message {n} has role {role!r}; use one of {', '.join(sorted(ROLES))}")
+        if not isinstance(content, str):
+            raise ArenaError(f"message {n} ({role}) has no text content")
+        clean.append({"role": role, "content": content})
+    if clean[-1]["role"] not in ("user", "tool") or not clean[-1]["content"].strip():
+        raise ArenaError("the last message must be a non-empty user message")
+    if system is not None and system.strip():
+        clean = [{"role": "system", "content": system}] + [m for m in clean if m["role"] != "system"]
+    return clean
+
+
+def build_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:  # a base model without a template: a plain transcript
+        text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
+    return tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -1,0 +1,87 @@
+"""The inside of generation: turn rows (prompt ids + adapter) into one batched `generate` call.
+
+This is the part a faster implementation (static KV cache, CUDA graphs, stacked LoRA weights
+gathered per row, as Punica/S-LoRA do) would replace; the engine and every caller only see
+`run(rows, params, emit, cancel)`.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from transformers import GenerationConfig, StoppingCriteriaList
+
+from .config import SamplingParams
+from .streaming import CancelCriteria, RowStreamer, StreamEvent
+
+BASE_ROW = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class Row:
+    index: int  # position of the request in the caller's list
+    variant: str  # what the caller asked for ("base" or an adapter name)
+    adapter: str  # PEFT adapter name, or BASE_ROW
+    prompt_ids: list[int]
+
+
+class HFRunner:
+    """Runs rows through transformers' generate with PEFT mixed-adapter batches."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, device: torch.device):
+        self.base_model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.eos_ids = self._eos_ids()
+
+    def _eos_ids(self) -> set[int]:
+        ids = set()
+        for source in (self.base_model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        return ids
+
+    def run(self, rows: list[Row], params: SamplingParams, peft_model, emit: Callable[[StreamEvent], None],
+            cancel: threading.Event, queue_seconds: float = 0.0, mixed: bool = True) -> None:
+        """Generate for all rows at once. mixed=False: one row whose adapter is set beforehand (DoRA)."""
+        input_ids, attention_mask = self._left_pad([row.prompt_ids for row in rows])
+        kwargs = {}
+        model = self.base_model
+        if peft_model is not None:
+            model = peft_model
+            if mixed:
+                kwargs["adapter_names"] = [row.adapter for row in rows]
+        streamer = RowStreamer(
+            self.tokenizer, [(r.index, r.variant, len(r.prompt_ids)) for r in rows],
+            self.eos_ids, emit, cancel, queue_seconds,
+        )
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        with torch.inference_mode():
+            model.generate(
+                input_ids=input_ids, attention_mask=attention_mask,
+                generation_config=self._generation_config(params),
+                streamer=streamer, stopping_criteria=StoppingCriteriaList([CancelCriteria(cancel)]),
+                **kwargs,
+            )
+
+    def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = [[pad] * (width - len(p)) + p for p in prompts]
+        mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
+        return (torch.tensor(ids, device=self.device), torch.tensor(mask, device=self.device))
+
+    def _generation_config(self, params: SamplingParams) -> GenerationConfig:
+        sampling = {}
+        if not params.greedy:
+            sampling = dict(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+        return GenerationConfig(
+            max_new_tokens=params.max_new_tokens, do_sample=not params.greedy,
+            repetition_penalty=params.repetition_penalty, eos_token_id=sorted(self.eos_ids),
+            pad_token_id=self.tokenizer.pad_token_id, **sampling,
+        )
