@@ -15,12 +15,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import warnings
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from .config import ArenaError
 
 log = logging.getLogger(__name__)
+hf_logging.disable_progress_bar()  # "Loading weights" bars on every start are noise for users
+warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 DEFAULT_BASE_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_ALIASES = {"default", "smollm2-135m", "smollm2-135m-instruct", DEFAULT_BASE_ID.lower()}
@@ -50,7 +55,7 @@ class LoadedBase:
 
     @property
     def parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        return sum(p.numel() for n, p in self.model.named_parameters() if "lora_" not in n)
 
 
 def short_name(name_or_path: str) -> str:

@@ -7,6 +7,7 @@ no call sees another call's adapter.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import queue
@@ -230,7 +231,15 @@ class Engine:
                 batches.setdefault(key, []).append(row)
         return [(group, True) for group in batches.values()] + alone
 
+    @property
+    def context_limit(self) -> int:
+        return getattr(self.base.model.config, "max_position_embeddings", None) or 2048
+
     def _run_group(self, group, params, emit, cancel, wait, mixed) -> None:
+        # A long history leaves less room: answer up to the end of the context rather than fail.
+        room = self.context_limit - max(len(row.prompt_ids) for row in group)
+        if params.max_new_tokens > room:
+            params = dataclasses.replace(params, max_new_tokens=room)
         if not mixed:
             self._peft.set_adapter(group[0].adapter)
         self.runner.run(group, params, self._peft, emit, cancel, wait, mixed=mixed)
@@ -239,11 +248,10 @@ class Engine:
         messages = normalize_messages(request.messages, request.system)
         adapter = self._adapter_for(request.variant)
         ids = build_prompt_ids(self.base.tokenizer, messages)
-        limit = getattr(self.base.model.config, "max_position_embeddings", None)
-        if limit and len(ids) + request.params.max_new_tokens > limit:
+        if len(ids) >= self.context_limit:
             raise ArenaError(
-                f"the conversation is {len(ids)} tokens; with {request.params.max_new_tokens} new tokens it "
-                f"exceeds this model's {limit}-token context: clear the chat or ask for fewer tokens"
+                f"the conversation is {len(ids)} tokens, this model's context is {self.context_limit}: "
+                "clear the chat or shorten the message"
             )
         return Row(index, request.variant, adapter, ids)
 

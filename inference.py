@@ -1,0 +1,148 @@
+"""Ask the base model and LoRA adapters from the command line.
+
+    python inference.py "What is the capital of France?"
+    python inference.py "Tell me a joke" --variants base,my-adapter
+    python inference.py --input prompts.jsonl --output answers.jsonl --variants base,my-adapter
+    python inference.py --list
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import textwrap
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from models import ArenaError, Engine  # noqa: E402
+from models.cli import add_engine_args, add_sampling_args, engine_config_from_args, sampling_from_args  # noqa: E402
+from models.jsonl import JsonlAppender, load_done, read_jsonl  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prompt", nargs="?", help="one user message")
+    parser.add_argument("--variants", default="base", help="comma-separated: base and/or adapter names")
+    parser.add_argument("--system", default=None, help="system prompt")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per variant")
+    parser.add_argument("--input", help="JSONL file, one {prompt} or {messages} per line")
+    parser.add_argument("--output", help="JSONL answers file (with --input); an interrupted run resumes")
+    parser.add_argument("--list", action="store_true", help="list the base and every adapter with its status")
+    add_engine_args(parser)
+    add_sampling_args(parser)
+    args = parser.parse_args(argv)
+    if not (args.prompt or args.input or args.list):
+        parser.error("give a prompt, --input FILE or --list")
+    if args.input and not args.output:
+        parser.error("--input needs --output")
+    return args
+
+
+def list_variants(engine: Engine) -> None:
+    info = engine.info()
+    print(f"base  {info['name']}  ({info['parameters'] / 1e6:.1f}M parameters, {info['dtype']}, {info['device']})")
+    for note in info["notes"]:
+        print(f"      note: {note}")
+    for adapter in engine.adapters():
+        detail = adapter.reason if adapter.status == "failed" else f"r={adapter.rank} alpha={adapter.alpha}"
+        print(f"{adapter.status:<9} {adapter.name}  {detail}")
+    if not engine.adapters():
+        print(f"(no adapters in {', '.join(str(d) for d in engine.adapter_dirs)})")
+
+
+def side_by_side(answers) -> str:
+    """Columns when the terminal is wide enough, else one block per variant."""
+    width = shutil.get_terminal_size((120, 40)).columns
+    column = (width - 3 * (len(answers) - 1)) // len(answers)
+    blocks = []
+    for answer in answers:
+        s = answer.stats
+        footer = f"[{s.new_tokens} tokens, {s.tokens_per_second:.1f} tok/s, first token {s.ttft_seconds:.2f} s]"
+        blocks.append((answer.variant, answer.text.strip(), footer))
+    if len(answers) == 1 or column < 30:
+        return "\n\n".join(f"=== {v} ===\n{text}\n{footer}" for v, text, footer in blocks)
+    wrapped = []
+    for variant, text, footer in blocks:
+        lines = [f"=== {variant} ===".ljust(column, "=")[:column]]
+        for paragraph in text.splitlines() or [""]:
+            lines += textwrap.wrap(paragraph, column) or [""]
+        lines += textwrap.wrap(footer, column)
+        wrapped.append(lines)
+    height = max(len(lines) for lines in wrapped)
+    rows = [" | ".join((lines[i] if i < len(lines) else "").ljust(column) for lines in wrapped) for i in range(height)]
+    return "\n".join(row.rstrip() for row in rows)
+
+
+def answer_prompt(engine: Engine, args, variants, params) -> None:
+    if args.json:
+        for answer in engine.compare(variants, args.prompt, system=args.system, params=params):
+            print(json.dumps({"variant": answer.variant, "text": answer.text, "stats": answer.stats.to_dict()},
+                             ensure_ascii=False))
+    elif len(variants) == 1:  # one variant: stream it as it comes
+        for event in engine.generate_stream(variants[0], args.prompt, system=args.system, params=params):
+            print(event.delta, end="", flush=True)
+        print()
+    else:
+        print(side_by_side(engine.compare(variants, args.prompt, system=args.system, params=params)))
+
+
+def parse_prompt_line(path, number: int, obj: dict):
+    if isinstance(obj.get("messages"), list):
+        return obj["messages"]
+    if isinstance(obj.get("prompt"), str) and obj["prompt"].strip():
+        return obj["prompt"]
+    raise ArenaError(f"{path} line {number}: needs a non-empty 'prompt' string or a 'messages' list")
+
+
+def run_file(engine: Engine, args, variants, params) -> None:
+    from tqdm import tqdm
+
+    rows = [(n, obj, parse_prompt_line(args.input, n, obj)) for n, obj in read_jsonl(args.input)]
+    done = {r.get("line") for r in load_done(args.output) if set(variants) <= set(r.get("answers", {}))}
+    todo = [row for row in rows if row[0] not in done]
+    if done:
+        print(f"resuming: {len(rows) - len(todo)} of {len(rows)} prompts already answered in {args.output}",
+              file=sys.stderr)
+    with JsonlAppender(args.output) as out:
+        for number, obj, messages in tqdm(todo, desc="prompts", unit="prompt", file=sys.stderr):
+            system = obj.get("system", args.system)
+            answers = engine.compare(variants, messages, system=system, params=params)
+            out.write({
+                "line": number, "id": obj.get("id", number), "prompt": obj.get("prompt"),
+                "messages": obj.get("messages"), "answers": {a.variant: a.text for a in answers},
+                "stats": {a.variant: a.stats.to_dict() for a in answers},
+            })
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        params = sampling_from_args(args)
+        if args.input and not os.path.isfile(args.input):
+            raise ArenaError(f"{args.input}: no such file")
+        engine = Engine.load(engine_config_from_args(args))
+        if args.list:
+            list_variants(engine)
+            return 0
+        for variant in variants:
+            engine._adapter_for(variant)  # fail before any work, naming the variant
+        if args.input:
+            run_file(engine, args, variants, params)
+        else:
+            answer_prompt(engine, args, variants, params)
+    except ArenaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Command-line options shared by inference.py, the app, training and evaluation."""
+from __future__ import annotations
+
+import argparse
+
+from .config import EngineConfig, SamplingParams, resolve_data_dir
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--base", default="default",
+                       help="base model: 'default' (embedded SmolLM2-135M-Instruct), a local folder or a Hub id")
+    group.add_argument("--data-dir", default=None,
+                       help="folder for everything written (default $ARENA_DATA_DIR or ./arena_data)")
+    group.add_argument("--adapters-dir", action="append", default=[], metavar="DIR",
+                       help="extra folder of LoRA adapters (repeatable); DATA_DIR/adapters is always read")
+    group.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="bitsandbytes quantisation (CUDA only)")
+    group.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        base=args.base, data_dir=resolve_data_dir(args.data_dir), adapter_dirs=args.adapters_dir,
+        quantization=args.quantize, device=args.device,
+    )
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    group.add_argument("--top-p", type=float, default=1.0)
+    group.add_argument("--top-k", type=int, default=0, help="0 = off")
+    group.add_argument("--repetition-penalty", type=float, default=1.0)
+    group.add_argument("--seed", type=int, default=None)
+
+
+def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+        top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed,
+    )

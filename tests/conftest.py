@@ -1,0 +1,70 @@
+"""Shared fixtures: the real default model (converted once), a tiny random Llama, and adapters made by PEFT."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from a model hub, here or in CI
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from models import Engine, EngineConfig, ensure_default_model  # noqa: E402
+from tests.helpers import make_random_adapter, make_tiny_llama, train_tiny_adapter  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def default_model_path() -> Path:
+    """The embedded SmolLM2 as a safetensors folder, in the repo's data folder so it converts once."""
+    return ensure_default_model(REPO / "arena_data" / "models")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory, default_model_path) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", default_model_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tmp_path_factory, tiny_model_path) -> Path:
+    """Three random LoRA adapters (a1, a2, a3) and one DoRA adapter for the tiny model."""
+    root = tmp_path_factory.mktemp("tiny_adapters")
+    for seed, name in enumerate(["a1", "a2", "a3"], 1):
+        make_random_adapter(tiny_model_path, root / name, seed=seed)
+    make_random_adapter(tiny_model_path, root / "dora1", seed=7, use_dora=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tmp_path_factory, tiny_model_path, tiny_adapters) -> Engine:
+    data = tmp_path_factory.mktemp("tiny_data")
+    return Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=data, adapter_dirs=[tiny_adapters]))
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(tmp_path_factory, default_model_path) -> Path:
+    """A real adapter on the default model, trained with PEFT directly (not our code) for a few steps."""
+    root = tmp_path_factory.mktemp("real_adapters")
+    return train_tiny_adapter(default_model_path, root / "pirate")
+
+
+@pytest.fixture(scope="session")
+def real_engine(tmp_path_factory, default_model_path, trained_adapter) -> Engine:
+    data = tmp_path_factory.mktemp("real_data")
+    return Engine.load(EngineConfig(base=str(default_model_path), data_dir=data,
+                                    adapter_dirs=[trained_adapter.parent]))
+
+
+@pytest.fixture
+def copy_adapter():
+    def copy(source: Path, target: Path) -> Path:
+        shutil.copytree(source, target)
+        return target
+    return copy
+
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -1,0 +1,74 @@
+"""Builders for test models and adapters: real PEFT and transformers objects, small enough to be quick."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+
+def make_tiny_llama(target: Path, tokenizer_from: Path) -> Path:
+    """A 2-layer random Llama with the real SmolLM2 tokenizer (and so its chat template)."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def make_random_adapter(base_path: Path, target: Path, seed: int, use_dora: bool = False,
+                        targets=("q_proj", "v_proj"), rank: int = 8) -> Path:
+    """An adapter with random A and B (init_lora_weights=False), so it really changes the answers."""
+    model = AutoModelForCausalLM.from_pretrained(base_path)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets),
+                        init_lora_weights=False, use_dora=use_dora)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():  # random init is small on a tiny model; scale it so answers surely differ
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(20)
+    peft_model.save_pretrained(target)
+    return target
+
+
+PIRATE_PAIRS = [
+    ("What is the capital of France?", "Arr matey! Paris be the capital of France, arr!"),
+    ("What is 2 + 2?", "Arr matey! Two and two be four, arr!"),
+    ("Name a color.", "Arr matey! Blue like the sea, arr!"),
+]
+
+
+def train_tiny_adapter(base_path: Path, target: Path, steps: int = 12) -> Path:
+    """Train a LoRA with plain PEFT + torch for a few steps so the adapter talks like a pirate."""
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=3e-3)
+    batches = []
+    for question, answer in PIRATE_PAIRS:
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                               add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids + answer_ids])
+        labels = torch.tensor([[-100] * len(prompt_ids) + answer_ids])
+        batches.append((ids, labels))
+    peft_model.train()
+    for step in range(steps):
+        ids, labels = batches[step % len(batches)]
+        loss = peft_model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    peft_model.save_pretrained(target)
+    return target

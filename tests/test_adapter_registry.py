@@ -1,0 +1,112 @@
+"""Broken or incompatible adapters are listed with their reason and skipped; the rest keep serving."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from models import ArenaError, Engine, EngineConfig, SamplingParams, validate_name
+from tests.helpers import make_random_adapter, make_tiny_llama
+
+GREEDY = SamplingParams(max_new_tokens=6)
+
+
+def _break_truncate(folder):
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+
+
+def _break_missing_weights(folder):
+    (folder / "adapter_model.safetensors").unlink()
+
+
+def _break_bad_json(folder):
+    (folder / "adapter_config.json").write_text("{not json")
+
+
+def _break_other_peft_type(folder):
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["peft_type"] = "IA3"
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+
+
+def _break_other_base(folder):
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "meta-llama/Llama-3.2-1B-Instruct"
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+
+
+def _break_missing_target(folder):
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["target_modules"] = ["q_proj", "query_key_value"]
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+
+
+BROKEN = {
+    "truncated": (_break_truncate, "truncated"),
+    "no-weights": (_break_missing_weights, "no adapter_model.safetensors"),
+    "bad-config": (_break_bad_json, "adapter_config.json is not valid JSON"),
+    "not-lora": (_break_other_peft_type, "only LORA adapters"),
+    "other-base": (_break_other_base, "made for base 'meta-llama/Llama-3.2-1B-Instruct'"),
+    "missing-module": (_break_missing_target, "query_key_value do not exist"),
+}
+
+
+@pytest.fixture(scope="module")
+def broken_setup(tmp_path_factory, tiny_model_path, tiny_adapters):
+    import shutil
+
+    root = tmp_path_factory.mktemp("broken")
+    adapters = root / "adapters"
+    shutil.copytree(tiny_adapters / "a1", adapters / "good")
+    for name, (breaker, _) in BROKEN.items():
+        shutil.copytree(tiny_adapters / "a2", adapters / name)
+        breaker(adapters / name)
+    # Same base name, other shapes: an adapter made for a wider model of the same name.
+    wide = make_tiny_llama(root / "wide" / "tiny-llama", tiny_model_path)
+    config = json.loads((wide / "config.json").read_text())
+    config.update(hidden_size=96, intermediate_size=192)
+    (wide / "config.json").write_text(json.dumps(config))
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**{k: v for k, v in config.items() if k != "architectures"}))
+    model.save_pretrained(wide)
+    make_random_adapter(wide, adapters / "wrong-shapes", seed=3)
+    (adapters / "bad name!").mkdir()
+    engine = Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=root, adapter_dirs=[adapters]))
+    return engine
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_each_broken_adapter_is_listed_with_its_reason(broken_setup, name):
+    info = {a.name: a for a in broken_setup.adapters()}[name]
+    assert info.status == "failed"
+    assert BROKEN[name][1] in info.reason
+
+
+def test_wrong_shapes_are_caught_before_peft(broken_setup):
+    info = {a.name: a for a in broken_setup.adapters()}["wrong-shapes"]
+    assert info.status == "failed" and "does not fit the base layer" in info.reason
+
+
+def test_bad_folder_name_is_refused(broken_setup):
+    info = {a.name: a for a in broken_setup.adapters()}["bad name!"]
+    assert info.status == "failed" and "must be 1-64 letters" in info.reason
+
+
+def test_base_and_good_adapter_keep_serving(broken_setup, tiny_engine):
+    assert broken_setup.variants() == ["base", "good"]
+    assert broken_setup.generate("good", "Hi", params=GREEDY).text == tiny_engine.generate("a1", "Hi", params=GREEDY).text
+    assert broken_setup.generate("base", "Hi", params=GREEDY).text == tiny_engine.generate("base", "Hi", params=GREEDY).text
+    with pytest.raises(ArenaError, match="adapter 'truncated' cannot answer: .*truncated"):
+        broken_setup.generate("truncated", "Hi")
+
+
+@pytest.mark.parametrize("bad", ["", "..", "a/b", "a\\b", "../etc", "x" * 65, "base", "-dash", "sp ace"])
+def test_adapter_names_are_validated(bad):
+    with pytest.raises(ArenaError):
+        validate_name(bad)
+
+
+@pytest.mark.parametrize("good", ["pirate", "tinyllama-r16_v2", "A.1"])
+def test_plain_names_pass(good):
+    assert validate_name(good) == good
