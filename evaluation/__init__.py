@@ -1,0 +1,1 @@
+"""Votes, leaderboards and preference-pair exports: what the arena learns from its users."""

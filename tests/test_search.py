@@ -1,0 +1,256 @@
+"""Web search as the chat sees it: sources in the prompt and under the answers, and no failure that stops a chat.
+
+Nothing is mocked: the DuckDuckGo test really goes to the network (there is none here, so it sees the real
+failure path), and SearXNG is talked to over real HTTP on a local server started by the test.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from models.config import ArenaError
+from models.search import (
+    DuckDuckGoProvider, SearchOutcome, SearchResult, SearxngProvider, StaticProvider, WebSearch,
+    augment_messages, provider_from_settings, sources_markdown, sources_prompt,
+)
+
+TODAY = datetime.date(2026, 11, 23)
+PARIS = [
+    SearchResult("Paris - Wikipedia", "https://en.wikipedia.org/wiki/Paris", "Paris is the capital of France."),
+    SearchResult("Visit Paris", "https://www.parisinfo.com/", "Official tourist site."),
+]
+
+
+def test_real_duckduckgo_without_network_gives_a_notice_not_an_exception():
+    search = WebSearch(DuckDuckGoProvider(timeout_s=3), timeout_s=3)
+    started = time.monotonic()
+    outcome = search.search("capital of France")
+    assert time.monotonic() - started < 3 + 2
+    assert outcome.provider == "DuckDuckGo"
+    if not outcome.results:  # the machine has no network: the chat must still go on
+        assert outcome.notice.startswith("Web search ")
+        assert outcome.notice.endswith("answering without search.")
+        assert "\n" not in outcome.notice and len(outcome.notice) < 200
+        assert sources_markdown(outcome) == f"_{outcome.notice}_"
+
+
+def test_a_hung_provider_gives_the_timeout_notice_quickly():
+    slow = StaticProvider({"capital of france": PARIS}, delay_s=5)
+    started = time.monotonic()
+    outcome = WebSearch(slow, timeout_s=0.3).search("capital of France")
+    assert time.monotonic() - started < 1.5
+    assert outcome.results == []
+    assert outcome.notice == "Web search timed out after 0.3 s: answering without search."
+
+
+def test_default_timeout_notice_reads_ten_seconds():
+    assert WebSearch(StaticProvider()).timeout_s == 10.0
+    outcome = WebSearch(StaticProvider(delay_s=1), timeout_s=0.1).search("x")
+    assert "timed out after 0.1 s" in outcome.notice
+
+
+def test_a_failing_provider_gives_a_notice_naming_the_error():
+    broken = StaticProvider(error=RuntimeError("quota exceeded\nmore detail nobody needs"))
+    outcome = WebSearch(broken).search("capital of France")
+    assert outcome.results == []
+    assert outcome.notice == "Web search failed (RuntimeError: quota exceeded): answering without search."
+
+
+def test_a_network_error_is_called_no_network():
+    offline = StaticProvider(error=OSError("[Errno -3] Temporary failure in name resolution"))
+    assert WebSearch(offline).search("x").notice == "Web search failed (no network): answering without search."
+
+
+def test_failures_are_not_cached_so_the_next_message_tries_again():
+    broken = StaticProvider(error=RuntimeError("down"))
+    search = WebSearch(broken)
+    search.search("capital of France")
+    search.search("capital of France")
+    assert broken.calls == 2
+
+
+def test_results_are_cached_per_normalised_query():
+    provider = StaticProvider({"capital of france": PARIS})
+    search = WebSearch(provider)
+    first = search.search("capital of France")
+    second = search.search("  CAPITAL   of france ")
+    assert provider.calls == 1
+    assert (first.cached, second.cached) == (False, True)
+    assert second.results == first.results == PARIS
+    assert second.notice == ""
+
+
+def test_the_cache_is_bounded_and_forgets_the_oldest_query():
+    provider = StaticProvider(lambda query, n: [SearchResult(query, f"https://example.org/{len(query)}")])
+    search = WebSearch(provider, cache_size=2)
+    for query in ("a", "bb", "ccc"):
+        search.search(query)
+    search.search("ccc")
+    assert provider.calls == 3
+    search.search("a")
+    assert provider.calls == 4
+
+
+def test_many_users_at_once_all_get_their_results():
+    provider = StaticProvider(lambda query, n: [SearchResult(f"about {query}", f"https://example.org/{query}")],
+                              delay_s=0.05)
+    search = WebSearch(provider)
+    outcomes: list[SearchOutcome] = []
+    threads = [threading.Thread(target=lambda q=f"q{i % 4}": outcomes.append(search.search(q))) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(outcomes) == 16
+    assert all(o.results and o.results[0].title == f"about {o.query}" for o in outcomes)
+
+
+def test_max_results_is_respected():
+    many = [SearchResult(f"r{i}", f"https://example.org/{i}") for i in range(9)]
+    outcome = WebSearch(StaticProvider(lambda q, n: many), max_results=3).search("x")
+    assert [r.title for r in outcome.results] == ["r0", "r1", "r2"]
+
+
+def test_an_empty_query_gives_a_notice_and_does_not_call_the_provider():
+    provider = StaticProvider({"": PARIS})
+    outcome = WebSearch(provider).search("   ")
+    assert provider.calls == 0
+    assert outcome.results == [] and outcome.notice
+
+
+def test_no_results_gives_a_notice():
+    outcome = WebSearch(StaticProvider()).search("nothing matches")
+    assert outcome.results == [] and "found nothing" in outcome.notice
+
+
+def test_augment_messages_puts_numbered_sources_and_the_date_into_the_prompt():
+    outcome = WebSearch(StaticProvider({"capital of france": PARIS})).search("capital of France")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "capital of France"}]
+    augmented = augment_messages(messages, outcome, TODAY)
+    last = augmented[-1]["content"]
+    assert last.startswith("Today's date is 2026-11-23.")
+    assert "[1] Paris - Wikipedia (https://en.wikipedia.org/wiki/Paris)\nParis is the capital of France." in last
+    assert "[2] Visit Paris (https://www.parisinfo.com/)" in last
+    assert "cite them as [n]" in last
+    assert last.endswith("capital of France")
+    assert augmented[0] == {"role": "system", "content": "Be brief."}
+    assert messages[-1]["content"] == "capital of France"  # the caller's history is not changed
+
+
+def test_every_column_gets_the_identical_prompt_from_one_search():
+    outcome = WebSearch(StaticProvider({"capital of france": PARIS})).search("capital of France")
+    messages = [{"role": "user", "content": "capital of France"}]
+    prompts = [augment_messages(messages, outcome, TODAY) for _column in ("base", "pirate", "lawyer")]
+    assert prompts[0] == prompts[1] == prompts[2]
+
+
+def test_sources_can_go_into_the_system_message_instead():
+    outcome = WebSearch(StaticProvider({"q": PARIS})).search("q")
+    with_system = augment_messages([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "q"}],
+                                   outcome, TODAY, where="system")
+    assert len(with_system) == 2
+    assert with_system[0]["content"].startswith("Be brief.\n\nToday's date is 2026-11-23.")
+    assert with_system[1] == {"role": "user", "content": "q"}
+    without_system = augment_messages([{"role": "user", "content": "q"}], outcome, TODAY, where="system")
+    assert without_system[0]["role"] == "system" and "[2] Visit Paris" in without_system[0]["content"]
+
+
+def test_without_results_the_messages_come_back_unchanged():
+    messages = [{"role": "user", "content": "hello"}]
+    failed = WebSearch(StaticProvider(error=RuntimeError("down"))).search("hello")
+    assert augment_messages(messages, failed, TODAY) == messages
+    assert augment_messages(messages, None, TODAY) == messages
+    assert sources_prompt(failed, TODAY) == ""
+
+
+def test_long_snippets_are_cut_so_small_models_are_not_flooded():
+    huge = [SearchResult("Long", f"https://example.org/{i}", "word " * 2000) for i in range(5)]
+    outcome = WebSearch(StaticProvider(lambda q, n: huge)).search("long")
+    assert len(sources_prompt(outcome, TODAY)) < 5 * 600 + 500
+
+
+def test_sources_markdown_lists_the_links_or_shows_the_notice():
+    outcome = WebSearch(StaticProvider({"q": PARIS})).search("q")
+    shown = sources_markdown(outcome)
+    assert "1. [Paris - Wikipedia](https://en.wikipedia.org/wiki/Paris)" in shown
+    assert "2. [Visit Paris](https://www.parisinfo.com/)" in shown
+    failed = WebSearch(StaticProvider(error=RuntimeError("down"))).search("q")
+    assert sources_markdown(failed) == "_Web search failed (RuntimeError: down): answering without search._"
+    assert sources_markdown(None) == ""
+
+
+def test_sources_markdown_does_not_link_non_web_urls():
+    odd = SearchOutcome("q", [SearchResult("click [me]", "javascript:alert(1)")], provider="static")
+    assert "](javascript:" not in sources_markdown(odd)
+
+
+class _SearxngHandler(BaseHTTPRequestHandler):
+    """A SearXNG instance's JSON answer, echoing the query so the test sees what was asked."""
+
+    def do_GET(self):  # noqa: N802 - the http.server API
+        url = urlparse(self.path)
+        params = parse_qs(url.query)
+        if url.path != "/search" or params.get("format") != ["json"]:
+            self.send_error(403, "json format not enabled")
+            return
+        query = params["q"][0]
+        body = json.dumps({"query": query, "results": [
+            {"title": f"{query} result {i}", "url": f"https://example.org/{i}", "content": f"snippet {i}"}
+            for i in range(1, 8)
+        ]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def searxng_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SearxngHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_searxng_results_are_parsed_from_a_real_http_server(searxng_url):
+    outcome = WebSearch(SearxngProvider(searxng_url, timeout_s=3), max_results=3).search("lora adapters")
+    assert outcome.notice == ""
+    assert outcome.provider == "SearXNG"
+    assert outcome.results == [
+        SearchResult(f"lora adapters result {i}", f"https://example.org/{i}", f"snippet {i}") for i in (1, 2, 3)
+    ]
+
+
+def test_searxng_on_a_closed_port_gives_a_notice():
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    outcome = WebSearch(SearxngProvider(f"http://127.0.0.1:{port}", timeout_s=2), timeout_s=3).search("x")
+    assert time.monotonic() - started < 3 + 2
+    assert outcome.results == []
+    assert outcome.notice == "Web search failed (connection refused): answering without search."
+
+
+def test_provider_from_settings():
+    assert provider_from_settings("off", None) is None
+    assert isinstance(provider_from_settings("DuckDuckGo", None), DuckDuckGoProvider)
+    searxng = provider_from_settings("searxng", "http://127.0.0.1:8888")
+    assert isinstance(searxng, SearxngProvider) and searxng.base_url == "http://127.0.0.1:8888"
+    with pytest.raises(ArenaError, match="URL"):
+        provider_from_settings("searxng", None)
+    with pytest.raises(ArenaError, match="unknown search provider"):
+        provider_from_settings("bing", None)
