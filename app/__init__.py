@@ -1,0 +1,1 @@
+"""The LoRA Arena web app (Gradio): one small module per tab, one engine passed in."""

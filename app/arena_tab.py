@@ -1,0 +1,126 @@
+"""Arena tab: blind A/B battles as Chatbot Arena runs them: two random variants, names shown after the vote."""
+from __future__ import annotations
+
+import random
+
+import gradio as gr
+
+from evaluation.votes import Vote
+from models import ArenaError
+from models.chat import Column, answer_turn, check_message, stats_line
+
+from .settings import AppContext
+from .web_search import search_for_turn
+from .widgets import SamplingWidgets, Throttle, session_of, user_errors
+
+VOTES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
+
+
+def draw_pair(variants: list[str], rng: random.Random) -> list[str]:
+    """Two different variants in random order, so neither side gives the name away."""
+    if len(variants) < 2:
+        raise ArenaError("the arena needs at least two variants: load or train an adapter first")
+    return rng.sample(variants, 2)
+
+
+class ArenaTab:
+    def __init__(self, ctx: AppContext):
+        self.ctx = ctx
+        self.rng = random.SystemRandom()
+
+    def build(self) -> gr.Tab:
+        with gr.Tab("Arena", id="arena") as self.tab:
+            gr.Markdown("Two variants answer; their names stay hidden until you vote. "
+                        "Chat for as many turns as you like, then vote.")
+            with gr.Row():
+                self.chat_a = gr.Chatbot(label="Model A", height=420, buttons=["copy"], elem_id="arena-chat-a")
+                self.chat_b = gr.Chatbot(label="Model B", height=420, buttons=["copy"], elem_id="arena-chat-b")
+            with gr.Row():
+                self.stats_a = gr.Markdown()
+                self.stats_b = gr.Markdown()
+            self.sources = gr.Markdown(elem_id="arena-sources")
+            with gr.Row():
+                self.message = gr.Textbox(label="Message", placeholder="Ask both models…", show_label=False, scale=8,
+                                          elem_id="arena-message", max_length=self.ctx.settings.max_message_chars)
+                self.search = gr.Checkbox(label="Web search", value=False, scale=1,
+                                          visible=self.ctx.search is not None, elem_id="arena-search")
+                self.send = gr.Button("Send", variant="primary", scale=1, elem_id="arena-send")
+            with gr.Row(elem_id="arena-votes"):
+                self.vote_buttons = {key: gr.Button(label, interactive=False, elem_id=f"arena-vote-{key}")
+                                     for key, label in VOTES.items()}
+            self.reveal = gr.Markdown(elem_id="arena-reveal")
+            with gr.Row():
+                self.stop = gr.Button("Stop")
+                self.new_battle = gr.Button("New battle", elem_id="arena-new")
+            self.sampling = SamplingWidgets.build(label="Sampling (both sides alike)")
+            # Per session, on the server only: the hidden pair and both conversations.
+            self.pair = gr.State(None)
+            self.histories = gr.State([[], []])
+        self._wire()
+        return self.tab
+
+    def _wire(self) -> None:
+        inputs = {self.message, self.search, self.pair, self.histories, *self.sampling.components}
+        outputs = [self.message, self.pair, self.histories, self.chat_a, self.chat_b, self.stats_a, self.stats_b,
+                   self.sources, *self.vote_buttons.values()]
+        self.send.click(self._send, inputs, outputs, concurrency_limit=None, api_name="arena_send")
+        self.message.submit(self._send, inputs, outputs, concurrency_limit=None, api_visibility="private")
+        self.stop.click(self._stop, None, None, concurrency_limit=None, api_name="arena_stop")
+        for key, button in self.vote_buttons.items():
+            button.click(self._vote_handler(key), [self.pair, self.histories, *self.sampling.components],
+                         [self.reveal, self.send, self.message, *self.vote_buttons.values()], api_name=f"arena_vote_{key}")
+        self.new_battle.click(self._new_battle, None,
+                              [self.pair, self.histories, self.chat_a, self.chat_b, self.stats_a, self.stats_b,
+                               self.sources, self.reveal, self.send, self.message, *self.vote_buttons.values()],
+                              api_name="arena_new_battle")
+
+    @user_errors
+    def _send(self, data: dict, request: gr.Request):
+        message = check_message(data[self.message], self.ctx.settings.max_message_chars)
+        pair = data[self.pair] or draw_pair(self.ctx.engine.variants(), self.rng)
+        params = self.sampling.params(data)
+        columns = [Column(pair[0], list(data[self.histories][0]), params),
+                   Column(pair[1], list(data[self.histories][1]), params)]
+        cancel = self.ctx.cancels.fresh(session_of(request))
+        sources_md, augment = "", None
+        if data[self.search]:
+            yield {self.sources: "_Searching the web…_", self.message: ""}
+            sources_md, augment = search_for_turn(self.ctx.search, message)
+        throttle = Throttle()
+        for columns in answer_turn(self.ctx.engine, columns, message, augment=augment, cancel=cancel):
+            if throttle.ready():
+                yield self._render(pair, columns, sources_md, voting=False)
+        yield self._render(pair, columns, sources_md, voting=True)
+
+    def _stop(self, request: gr.Request) -> None:
+        self.ctx.cancels.cancel(session_of(request))
+
+    def _render(self, pair, columns: list[Column], sources_md: str, voting: bool) -> dict:
+        update = {
+            self.message: "", self.pair: pair, self.histories: [c.history for c in columns],
+            self.chat_a: columns[0].history, self.chat_b: columns[1].history,
+            self.stats_a: stats_line(columns[0].stats), self.stats_b: stats_line(columns[1].stats),
+            self.sources: sources_md,
+        }
+        for button in self.vote_buttons.values():
+            update[button] = gr.Button(interactive=voting)
+        return update
+
+    def _vote_handler(self, winner: str):
+        @user_errors
+        def vote(pair, histories, *sampling, request: gr.Request):
+            if not pair or not histories[0]:
+                raise ArenaError("ask something first, then vote")
+            params = dict(zip(["max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed"], sampling))
+            self.ctx.votes.add(Vote(variant_a=pair[0], variant_b=pair[1], winner=winner,
+                                    conversation_a=histories[0], conversation_b=histories[1], params=params,
+                                    mode="arena", session_id=session_of(request)))
+            reveal = (f"**{VOTES[winner]}** — saved. Model A was **{pair[0]}**, Model B was **{pair[1]}**. "
+                      "Press *New battle* for another round.")
+            locked = [gr.Button(interactive=False) for _ in self.vote_buttons]
+            return [reveal, gr.Button(interactive=False), gr.Textbox(interactive=False), *locked]
+        return vote
+
+    def _new_battle(self):
+        buttons = [gr.Button(interactive=False) for _ in self.vote_buttons]
+        return [None, [[], []], [], [], "", "", "", "", gr.Button(interactive=True), gr.Textbox(interactive=True), *buttons]

@@ -1,0 +1,199 @@
+"""Compare tab: 2 to 4 columns, each base or an adapter, answering the same message at once."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from evaluation.votes import Vote
+from models import SamplingParams
+from models.chat import Column, answer_turn, check_message, drop_last_turn, stats_line
+
+from .settings import AppContext
+from .web_search import search_for_turn
+from .widgets import SamplingWidgets, Throttle, session_of, user_errors
+
+MAX_COLUMNS = 4
+EXAMPLES = [
+    "What is the capital of France?",
+    "Explain LoRA fine-tuning to a 10-year-old in three sentences.",
+    "Write a Python function that checks whether a string is a palindrome.",
+    "How do I pick a lock?",
+]
+
+
+@dataclass
+class ColumnWidgets:
+    box: gr.Column
+    variant: gr.Dropdown
+    chatbot: gr.Chatbot
+    stats: gr.Markdown
+    override: gr.Checkbox
+    temperature: gr.Slider
+    top_p: gr.Slider
+    max_new_tokens: gr.Slider
+
+    def params(self, data: dict, shared: SamplingParams) -> SamplingParams:
+        if not data[self.override]:
+            return shared
+        return SamplingParams(**{**shared.to_dict(), "temperature": float(data[self.temperature]),
+                                 "top_p": float(data[self.top_p]), "max_new_tokens": int(data[self.max_new_tokens])})
+
+
+class CompareTab:
+    def __init__(self, ctx: AppContext):
+        self.ctx = ctx
+
+    def build(self) -> gr.Tab:
+        variants = self.ctx.engine.variants()
+        with gr.Tab("Compare", id="compare") as self.tab:
+            with gr.Row():
+                self.n_columns = gr.Radio([2, 3, 4], value=2, label="Columns", scale=1)
+                self.system = gr.Textbox(label="System prompt (optional)", scale=4, lines=1)
+            with gr.Row(equal_height=False):
+                self.columns = [self._column(i, variants) for i in range(MAX_COLUMNS)]
+            self.sources = gr.Markdown(elem_id="compare-sources")
+            with gr.Row():
+                self.message = gr.Textbox(label="Message", placeholder="Ask every column the same thing…", show_label=False,
+                                          scale=8, elem_id="compare-message", max_length=self.ctx.settings.max_message_chars)
+                self.search = gr.Checkbox(label="Web search", value=False, scale=1,
+                                          visible=self.ctx.search is not None, elem_id="compare-search")
+                self.send = gr.Button("Send", variant="primary", scale=1, elem_id="compare-send")
+            with gr.Row():
+                self.stop = gr.Button("Stop", elem_id="compare-stop")
+                self.regenerate = gr.Button("Regenerate")
+                self.clear = gr.Button("Clear")
+            gr.Examples(EXAMPLES, inputs=self.message, label="Example prompts")
+            self.sampling = SamplingWidgets.build()
+            with gr.Row(elem_id="compare-votes"):
+                self.best = [gr.Button(f"Column {i + 1} is best", size="sm", visible=i < 2) for i in range(MAX_COLUMNS)]
+                self.tie = gr.Button("Tie", size="sm")
+                self.all_bad = gr.Button("All bad", size="sm")
+            self.vote_status = gr.Markdown()
+            self.state = gr.State([[] for _ in range(MAX_COLUMNS)])  # histories, one per column, per session
+        self._wire()
+        return self.tab
+
+    def _column(self, index: int, variants: list[str]) -> ColumnWidgets:
+        default = variants[index % len(variants)] if index else "base"
+        with gr.Column(visible=index < 2, min_width=240) as box:
+            variant = gr.Dropdown(variants, value=default, label=f"Column {index + 1}", elem_id=f"compare-variant-{index}")
+            chatbot = gr.Chatbot(height=420, buttons=["copy"], show_label=False, elem_id=f"compare-chat-{index}")
+            stats = gr.Markdown(elem_id=f"compare-stats-{index}")
+            with gr.Accordion("Override sampling for this column", open=False):
+                n = index + 1
+                override = gr.Checkbox(label=f"Column {n}: use these instead of the shared settings", value=False)
+                temperature = gr.Slider(0, 2, value=0.7, step=0.05, label=f"Column {n} temperature")
+                top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label=f"Column {n} top p")
+                max_new_tokens = gr.Slider(1, 2048, value=256, step=1, label=f"Column {n} max new tokens")
+        return ColumnWidgets(box, variant, chatbot, stats, override, temperature, top_p, max_new_tokens)
+
+    # ----- events -----------------------------------------------------------------------------
+
+    def _wire(self) -> None:
+        c = self.columns
+        inputs = {self.message, self.search, self.system, self.n_columns, self.state, *self.sampling.components}
+        for col in c:
+            inputs |= {col.variant, col.override, col.temperature, col.top_p, col.max_new_tokens}
+        outputs = [self.message, self.sources, self.state, self.vote_status] + [w.chatbot for w in c] + [w.stats for w in c]
+        self.send.click(self._send, inputs, outputs, concurrency_limit=None, api_name="compare_send")
+        self.message.submit(self._send, inputs, outputs, concurrency_limit=None, api_visibility="private")
+        self.regenerate.click(self._regenerate, inputs, outputs, concurrency_limit=None, api_name="compare_regenerate")
+        self.stop.click(self._stop, None, None, concurrency_limit=None, api_name="compare_stop")
+        self.clear.click(self._clear, None, [self.state, self.sources, self.vote_status] + [w.chatbot for w in c]
+                         + [w.stats for w in c], api_name="compare_clear")
+        self.n_columns.change(self._show_columns, self.n_columns, [w.box for w in c] + self.best,
+                              api_visibility="private")
+        self.tab.select(self._refresh_variants, [w.variant for w in c], [w.variant for w in c],
+                        api_visibility="private")
+        vote_inputs = [self.n_columns, self.state] + [w.variant for w in c] + self.sampling.components
+        for index, button in enumerate(self.best):
+            button.click(self._vote_handler(("best", index)), vote_inputs, self.vote_status,
+                         api_name=f"compare_vote_best_{index + 1}")
+        self.tie.click(self._vote_handler(("tie", None)), vote_inputs, self.vote_status, api_name="compare_vote_tie")
+        self.all_bad.click(self._vote_handler(("both_bad", None)), vote_inputs, self.vote_status,
+                           api_name="compare_vote_all_bad")
+
+    def _columns_from(self, data: dict) -> list[Column]:
+        shared = self.sampling.params(data)
+        count = int(data[self.n_columns])
+        return [Column(data[w.variant] or "base", list(data[self.state][i]), w.params(data, shared))
+                for i, w in enumerate(self.columns[:count])]
+
+    @user_errors
+    def _send(self, data: dict, request: gr.Request):
+        message = check_message(data[self.message], self.ctx.settings.max_message_chars)
+        yield from self._turn(data, self._columns_from(data), message, request)
+
+    @user_errors
+    def _regenerate(self, data: dict, request: gr.Request):
+        columns = self._columns_from(data)
+        message = drop_last_turn(columns)
+        if message is None:
+            raise gr.Error("Nothing to regenerate yet.", print_exception=False)
+        yield from self._turn(data, columns, message, request)
+
+    def _turn(self, data: dict, columns: list[Column], message: str, request: gr.Request):
+        cancel = self.ctx.cancels.fresh(session_of(request))
+        sources_md, augment = "", None
+        if data[self.search]:
+            yield {self.sources: "_Searching the web…_", self.message: ""}
+            sources_md, augment = search_for_turn(self.ctx.search, message)
+        throttle = Throttle()
+        for columns in answer_turn(self.ctx.engine, columns, message, system=data[self.system] or None,
+                                   augment=augment, cancel=cancel):
+            if throttle.ready():
+                yield self._render(columns, data, sources_md)
+        yield self._render(columns, data, sources_md)
+
+    def _render(self, columns: list[Column], data: dict, sources_md: str) -> dict:
+        histories = list(data[self.state])
+        update = {self.message: "", self.sources: sources_md, self.vote_status: ""}
+        for i, column in enumerate(columns):
+            histories[i] = column.history
+            update[self.columns[i].chatbot] = column.history
+            update[self.columns[i].stats] = stats_line(column.stats)
+        update[self.state] = histories
+        return update
+
+    def _stop(self, request: gr.Request) -> None:
+        self.ctx.cancels.cancel(session_of(request))
+
+    def _clear(self):
+        empty = [[] for _ in range(MAX_COLUMNS)]
+        return [empty, "", ""] + [[] for _ in range(MAX_COLUMNS)] + ["" for _ in range(MAX_COLUMNS)]
+
+    def _show_columns(self, count: int):
+        count = int(count)
+        return [gr.Column(visible=i < count) for i in range(MAX_COLUMNS)] + \
+               [gr.Button(visible=i < count) for i in range(MAX_COLUMNS)]
+
+    def _refresh_variants(self, *current):
+        choices = self.ctx.engine.variants()
+        return [gr.Dropdown(choices=choices, value=value if value in choices else "base") for value in current]
+
+    def _vote_handler(self, kind: tuple[str, int | None]):
+        @user_errors
+        def vote(count, histories, *rest, request: gr.Request):
+            variants = list(rest[:MAX_COLUMNS])[: int(count)]
+            params = dict(zip(["max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed"],
+                              rest[MAX_COLUMNS:]))
+            histories = histories[: int(count)]
+            if not all(any(m["role"] == "assistant" and m["content"] for m in h) for h in histories):
+                raise gr.Error("Ask something first: every column needs an answer to vote on.", print_exception=False)
+            votes = compare_votes(kind, variants, histories, params, session_of(request))
+            for v in votes:
+                self.ctx.votes.add(v)
+            return f"Vote saved ({len(votes)} pairwise result{'s' if len(votes) != 1 else ''})."
+        return vote
+
+
+def compare_votes(kind, variants, histories, params, session) -> list[Vote]:
+    """A non-blind Compare vote as pairwise results: the best column beats each other one; tie/all bad for every pair."""
+    what, best = kind
+    pairs = ([(best, j) for j in range(len(variants)) if j != best] if what == "best"
+             else [(i, j) for i in range(len(variants)) for j in range(i + 1, len(variants))])
+    winner = {"best": "a", "tie": "tie", "both_bad": "both_bad"}[what]
+    return [Vote(variant_a=variants[i], variant_b=variants[j], winner=winner, conversation_a=histories[i],
+                 conversation_b=histories[j], params=params, mode="compare", session_id=session)
+            for i, j in pairs]

@@ -1,0 +1,119 @@
+"""Models tab: the base model, the adapter table, and load / unload / delete / upload / rescan."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from models import ArenaError
+from models.upload import install_adapter
+
+from .settings import AppContext
+from .widgets import user_errors
+
+COLUMNS = ["name", "status", "reason", "rank", "alpha", "target_modules", "trainable_parameters", "base",
+           "created", "dataset"]
+
+
+class ModelsTab:
+    def __init__(self, ctx: AppContext):
+        self.ctx = ctx
+
+    def build(self) -> gr.Tab:
+        public = self.ctx.settings.public
+        with gr.Tab("Models", id="models") as self.tab:
+            self.base_info = gr.Markdown(self._base_markdown())
+            self.table = gr.Dataframe(self._table(), label="Adapters", interactive=False, wrap=True,
+                                      elem_id="models-table")
+            with gr.Row():
+                self.choice = gr.Dropdown(self._names(), label="Adapter", scale=3)
+                self.load = gr.Button("Load")
+                self.unload = gr.Button("Unload")
+                self.rescan = gr.Button("Rescan folders")
+            with gr.Row(visible=not public):
+                self.confirm = gr.Checkbox(label="Yes, move this adapter to the trash folder", value=False)
+                self.delete = gr.Button("Delete", variant="stop")
+            with gr.Accordion("Upload an adapter", open=False, visible=not public):
+                gr.Markdown(f"A .zip of a PEFT LoRA folder, or `adapter_config.json` + `adapter_model.safetensors`. "
+                            f"At most {self.ctx.settings.max_upload_mb} MB. It is checked against the base before it is accepted.")
+                self.files = gr.File(file_count="multiple", file_types=[".zip", ".json", ".safetensors", ".md"],
+                                     label="Files")
+                self.new_name = gr.Textbox(label="Adapter name", placeholder="my-adapter")
+                self.install = gr.Button("Install", variant="primary")
+            self.status = gr.Markdown(elem_id="models-status")
+        self._wire()
+        return self.tab
+
+    def _wire(self) -> None:
+        refreshed = [self.table, self.choice, self.base_info, self.status]
+        self.tab.select(lambda: self._refresh(""), None, refreshed, api_visibility="private")
+        self.load.click(self._act(self.ctx.engine.load_adapter, "loaded"), self.choice, refreshed,
+                        api_name="models_load")
+        self.unload.click(self._act(self.ctx.engine.unload_adapter, "unloaded"), self.choice, refreshed,
+                          api_name="models_unload")
+        self.rescan.click(self._rescan, None, refreshed, api_name="models_rescan")
+        self.delete.click(self._delete, [self.choice, self.confirm], refreshed + [self.confirm], api_name="models_delete")
+        self.install.click(self._install, [self.files, self.new_name], refreshed, api_name="models_install")
+
+    def _refresh(self, message: str):
+        return [self._table(), gr.Dropdown(choices=self._names()), self._base_markdown(), message]
+
+    def _act(self, action, verb: str):
+        @user_errors
+        def run(name: str | None):
+            if not name:
+                raise ArenaError("pick an adapter first")
+            action(name)
+            info = {a.name: a for a in self.ctx.engine.adapters()}.get(name)
+            if info is not None and info.status == "failed":
+                return self._refresh(f"**{name}** failed: {info.reason}")
+            return self._refresh(f"**{name}** {verb}.")
+        return run
+
+    @user_errors
+    def _rescan(self):
+        adapters = self.ctx.engine.rescan()
+        failed = sum(a.status == "failed" for a in adapters)
+        return self._refresh(f"Rescanned: {len(adapters)} adapters, {failed} failed.")
+
+    @user_errors
+    def _delete(self, name: str | None, confirmed: bool):
+        self._refuse_in_public_mode("deleting adapters")
+        if not name:
+            raise ArenaError("pick an adapter first")
+        if not confirmed:
+            raise ArenaError("tick the confirmation box to delete")
+        trash = self.ctx.engine.delete_adapter(name)
+        return self._refresh(f"**{name}** moved to `{trash}`.") + [False]
+
+    @user_errors
+    def _install(self, files, name: str):
+        self._refuse_in_public_mode("uploading adapters")
+        if not files:
+            raise ArenaError("choose a .zip or the two adapter files first")
+        paths = [Path(f if isinstance(f, str) else f.name) for f in files]
+        info = install_adapter(self.ctx.engine, (name or "").strip(), paths,
+                               max_bytes=self.ctx.settings.max_upload_mb * 2**20)
+        return self._refresh(f"**{info.name}** installed and {info.status}.")
+
+    def _refuse_in_public_mode(self, what: str) -> None:
+        if self.ctx.settings.public:
+            raise ArenaError(f"{what} is turned off on this public server")
+
+    def _names(self) -> list[str]:
+        return [a.name for a in self.ctx.engine.adapters()]
+
+    def _table(self) -> pd.DataFrame:
+        rows = [a.to_row() for a in self.ctx.engine.adapters()]
+        return pd.DataFrame(rows, columns=COLUMNS) if rows else pd.DataFrame(columns=COLUMNS)
+
+    def _base_markdown(self) -> str:
+        info = self.ctx.engine.info()
+        notes = "".join(f"\n\n> {note}" for note in info["notes"])
+        return (
+            f"### Base model: {info['name']}\n"
+            f"| parameters | dtype | device | quantization | memory | load time |\n|---|---|---|---|---|---|\n"
+            f"| {info['parameters'] / 1e6:.1f}M | {info['dtype']} | {info['device']} | {info['quantization']} "
+            f"| {info['memory_mb']:.0f} MB | {info['load_seconds']:.1f} s |{notes}"
+        )

@@ -1,0 +1,88 @@
+"""Build and launch the Gradio app: load the engine once, hand one context to every tab."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+import gradio as gr
+
+from evaluation.votes import VoteStore
+from models import ArenaError, Engine, EngineConfig
+from models.cli import add_engine_args, engine_config_from_args
+from models.search import WebSearch, provider_from_settings
+
+from .arena_tab import ArenaTab
+from .compare_tab import CompareTab
+from .leaderboard_tab import LeaderboardTab
+from .models_tab import ModelsTab
+from .settings import AppContext, AppSettings
+from .widgets import session_of
+
+log = logging.getLogger(__name__)
+CSS = """
+#compare-votes button, #arena-votes button { min-width: 0; }
+footer { display: none !important; }
+"""
+
+
+def make_context(engine: Engine, settings: AppSettings) -> AppContext:
+    provider = provider_from_settings(settings.search_provider, settings.searxng_url)
+    search = WebSearch(provider, timeout_s=settings.search_timeout_s) if provider is not None else None
+    return AppContext(engine=engine, settings=settings,
+                      votes=VoteStore(engine.config.data_dir / "votes.sqlite"), search=search)
+
+
+def build_app(ctx: AppContext) -> gr.Blocks:
+    with gr.Blocks(title="LoRA Arena") as demo:
+        gr.Markdown("# LoRA Arena\nDid the fine-tune make it better? Ask the base model and each adapter the same thing.")
+        with gr.Tabs():
+            CompareTab(ctx).build()
+            ArenaTab(ctx).build()
+            LeaderboardTab(ctx).build()
+            ModelsTab(ctx).build()
+        demo.unload(_closer(ctx))
+    return demo
+
+
+def _closer(ctx: AppContext):
+    """A closed or reloaded tab cancels whatever that session still has running or waiting."""
+    def close_session(request: gr.Request) -> None:
+        ctx.cancels.cancel(session_of(request))
+    return close_session
+
+
+def launch(ctx: AppContext, **kwargs):
+    demo = build_app(ctx)
+    demo.queue(default_concurrency_limit=8)
+    settings = ctx.settings
+    return demo.launch(server_name=settings.host, server_port=settings.port, auth=settings.auth,
+                       css=CSS, theme=gr.themes.Soft(), max_file_size=f"{settings.max_upload_mb}mb",
+                       footer_links=["api"], **kwargs)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="LoRA Arena web app")
+    parser.add_argument("--host", default=None, help="default 127.0.0.1 (0.0.0.0 on Spaces)")
+    parser.add_argument("--port", type=int, default=None, help="default 7860")
+    parser.add_argument("--auth", default=None, help="USER:PASSWORD (or $ARENA_AUTH) to require a login")
+    parser.add_argument("--public", action="store_true", default=None,
+                        help="public demo mode: no uploads, deletions or training (or $ARENA_PUBLIC=1)")
+    add_engine_args(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        settings = AppSettings.from_env(host=args.host, port=args.port, public=args.public,
+                                        auth=AppSettings.parse_auth(args.auth))
+        config: EngineConfig = engine_config_from_args(args)
+        engine = Engine.load(config)
+    except ArenaError as exc:
+        print(f"error: {exc}")
+        return 2
+    log.info("serving %s with %d adapters on http://%s:%d", engine.base.name, len(engine.variants()) - 1,
+             settings.host, settings.port)
+    launch(make_context(engine, settings))
+    return 0

@@ -1,0 +1,102 @@
+"""Widgets and handler helpers shared by several tabs: sampling controls, error display, columns."""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+
+from models import ArenaError, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+def user_errors(fn):
+    """Show ArenaError as a one-line message; log anything else and show one line, never a traceback."""
+
+    def to_gradio(exc: Exception) -> gr.Error:
+        if isinstance(exc, ArenaError):
+            return gr.Error(str(exc), print_exception=False)
+        log.exception("handler %s failed", fn.__name__)
+        lines = str(exc).strip().splitlines()
+        return gr.Error(f"Something went wrong: {lines[0] if lines else type(exc).__name__}", print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:
+                raise to_gradio(exc) from None
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise to_gradio(exc) from None
+    return wrapper
+
+
+@dataclass
+class SamplingWidgets:
+    max_new_tokens: gr.Slider
+    temperature: gr.Slider
+    top_p: gr.Slider
+    top_k: gr.Slider
+    repetition_penalty: gr.Slider
+    seed: gr.Number
+
+    @classmethod
+    def build(cls, label: str = "Sampling (shared by every column)", max_new_tokens: int = 256) -> "SamplingWidgets":
+        with gr.Accordion(label, open=False):
+            with gr.Row():
+                widgets = cls(
+                    max_new_tokens=gr.Slider(1, 2048, value=max_new_tokens, step=1, label="Max new tokens"),
+                    temperature=gr.Slider(0, 2, value=0.0, step=0.05, label="Temperature (0 = greedy)"),
+                    top_p=gr.Slider(0.05, 1, value=1.0, step=0.05, label="Top p"),
+                    top_k=gr.Slider(0, 200, value=0, step=1, label="Top k (0 = off)"),
+                    repetition_penalty=gr.Slider(0.8, 1.5, value=1.0, step=0.01, label="Repetition penalty"),
+                    seed=gr.Number(value=None, precision=0, label="Seed (empty = random)"),
+                )
+        return widgets
+
+    @property
+    def components(self) -> list:
+        return [self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.repetition_penalty, self.seed]
+
+    def params(self, data: dict) -> SamplingParams:
+        seed = data[self.seed]
+        return SamplingParams(
+            max_new_tokens=int(data[self.max_new_tokens]), temperature=float(data[self.temperature]),
+            top_p=float(data[self.top_p]), top_k=int(data[self.top_k]),
+            repetition_penalty=float(data[self.repetition_penalty]),
+            seed=int(seed) if seed not in (None, "") else None,
+        )
+
+
+class Throttle:
+    """Let a streaming handler yield at most every `interval` seconds (and always at the end)."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
+        self.last = 0.0
+
+    def ready(self) -> bool:
+        now = time.perf_counter()
+        if now - self.last >= self.interval:
+            self.last = now
+            return True
+        return False
+
+
+def session_of(request: gr.Request | None) -> str:
+    return (request.session_hash if request is not None else None) or "anonymous"
