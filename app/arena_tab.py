@@ -67,7 +67,7 @@ class ArenaTab:
         self.message.submit(self._send, inputs, outputs, concurrency_limit=None, api_visibility="private")
         self.stop.click(self._stop, None, None, concurrency_limit=None, api_name="arena_stop")
         for key, button in self.vote_buttons.items():
-            button.click(self._vote_handler(key), [self.pair, self.histories, *self.sampling.components],
+            button.click(self._vote_handler(key), {self.pair, self.histories, *self.sampling.components},
                          [self.reveal, self.send, self.message, *self.vote_buttons.values()], api_name=f"arena_vote_{key}")
         self.new_battle.click(self._new_battle, None,
                               [self.pair, self.histories, self.chat_a, self.chat_b, self.stats_a, self.stats_b,
@@ -108,13 +108,14 @@ class ArenaTab:
 
     def _vote_handler(self, winner: str):
         @user_errors
-        def vote(pair, histories, *sampling, request: gr.Request):
+        def vote(data: dict, request: gr.Request):
+            pair, histories = data[self.pair], data[self.histories]
             if not pair or not histories[0]:
                 raise ArenaError("ask something first, then vote")
-            params = dict(zip(["max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed"], sampling))
             self.ctx.votes.add(Vote(variant_a=pair[0], variant_b=pair[1], winner=winner,
-                                    conversation_a=histories[0], conversation_b=histories[1], params=params,
-                                    mode="arena", session_id=session_of(request)))
+                                    conversation_a=histories[0], conversation_b=histories[1],
+                                    params=self.sampling.params(data).to_dict(), mode="arena",
+                                    session_id=session_of(request)))
             reveal = (f"**{VOTES[winner]}** — saved. Model A was **{pair[0]}**, Model B was **{pair[1]}**. "
                       "Press *New battle* for another round.")
             locked = [gr.Button(interactive=False) for _ in self.vote_buttons]

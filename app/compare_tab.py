@@ -106,7 +106,7 @@ class CompareTab:
                               api_visibility="private")
         self.tab.select(self._refresh_variants, [w.variant for w in c], [w.variant for w in c],
                         api_visibility="private")
-        vote_inputs = [self.n_columns, self.state] + [w.variant for w in c] + self.sampling.components
+        vote_inputs = {self.n_columns, self.state, *[w.variant for w in c], *self.sampling.components}
         for index, button in enumerate(self.best):
             button.click(self._vote_handler(("best", index)), vote_inputs, self.vote_status,
                          api_name=f"compare_vote_best_{index + 1}")
@@ -174,14 +174,13 @@ class CompareTab:
 
     def _vote_handler(self, kind: tuple[str, int | None]):
         @user_errors
-        def vote(count, histories, *rest, request: gr.Request):
-            variants = list(rest[:MAX_COLUMNS])[: int(count)]
-            params = dict(zip(["max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed"],
-                              rest[MAX_COLUMNS:]))
-            histories = histories[: int(count)]
+        def vote(data: dict, request: gr.Request):
+            count = int(data[self.n_columns])
+            variants = [data[w.variant] for w in self.columns[:count]]
+            histories = data[self.state][:count]
             if not all(any(m["role"] == "assistant" and m["content"] for m in h) for h in histories):
                 raise gr.Error("Ask something first: every column needs an answer to vote on.", print_exception=False)
-            votes = compare_votes(kind, variants, histories, params, session_of(request))
+            votes = compare_votes(kind, variants, histories, self.sampling.params(data).to_dict(), session_of(request))
             for v in votes:
                 self.ctx.votes.add(v)
             return f"Vote saved ({len(votes)} pairwise result{'s' if len(votes) != 1 else ''})."

@@ -51,13 +51,15 @@ def _closer(ctx: AppContext):
     return close_session
 
 
-def launch(ctx: AppContext, **kwargs):
+def launch(ctx: AppContext, **kwargs) -> tuple[gr.Blocks, str]:
+    """Start the server; returns the app and its URL (kwargs go to Blocks.launch, e.g. prevent_thread_lock)."""
     demo = build_app(ctx)
     demo.queue(default_concurrency_limit=8)
     settings = ctx.settings
-    return demo.launch(server_name=settings.host, server_port=settings.port, auth=settings.auth,
-                       css=CSS, theme=gr.themes.Soft(), max_file_size=f"{settings.max_upload_mb}mb",
-                       footer_links=["api"], **kwargs)
+    _, url, _ = demo.launch(server_name=settings.host, server_port=settings.port, auth=settings.auth,
+                            css=CSS, theme=gr.themes.Soft(), max_file_size=f"{settings.max_upload_mb}mb",
+                            footer_links=["api"], **kwargs)
+    return demo, url
 
 
 def parse_args(argv=None) -> argparse.Namespace:

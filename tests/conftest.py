@@ -68,3 +68,32 @@ def copy_adapter():
 
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def launch_app():
+    """Start the real app (real engine, real HTTP server) and close every one at the end."""
+    from app.server import launch, make_context
+    from app.settings import AppSettings
+
+    demos = []
+
+    def start(engine, search=None, **settings):
+        ctx = make_context(engine, AppSettings(port=free_port(), **settings))
+        if search is not None:
+            ctx.search = search
+        demo, url = launch(ctx, prevent_thread_lock=True, quiet=True)
+        demos.append(demo)
+        return ctx, url
+
+    yield start
+    for demo in demos:
+        demo.close()
