@@ -102,6 +102,8 @@ class CompareTab:
         self.stop.click(self._stop, None, None, concurrency_limit=None, api_name="compare_stop")
         self.clear.click(self._clear, None, [self.state, self.sources, self.vote_status] + [w.chatbot for w in c]
                          + [w.stats for w in c], api_name="compare_clear")
+        for index, w in enumerate(c):  # the chat's own trash icon clears that column's history too
+            w.chatbot.clear(self._forget_column(index), self.state, [self.state, w.stats], api_visibility="private")
         self.n_columns.change(self._show_columns, self.n_columns, [w.box for w in c] + self.best,
                               api_visibility="private")
         self.tab.select(self._refresh_variants, [w.variant for w in c], [w.variant for w in c],
@@ -162,6 +164,14 @@ class CompareTab:
     def _clear(self):
         empty = [[] for _ in range(MAX_COLUMNS)]
         return [empty, "", ""] + [[] for _ in range(MAX_COLUMNS)] + ["" for _ in range(MAX_COLUMNS)]
+
+    @staticmethod
+    def _forget_column(index: int):
+        def forget(histories):
+            histories = list(histories)
+            histories[index] = []
+            return histories, ""
+        return forget
 
     def _show_columns(self, count: int):
         count = int(count)

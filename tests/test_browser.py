@@ -1,0 +1,82 @@
+"""The app in a real browser (Debian's Chromium driven by Playwright), as a user clicks through it."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from evaluation.votes import VoteStore
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def page(launch_app, real_engine):
+    from playwright.sync_api import sync_playwright
+
+    ctx, url = launch_app(real_engine)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.wait_for_selector("#compare-message textarea")
+        page.ctx = ctx
+        yield page
+        browser.close()
+
+
+def bot_texts(page, chat_id: str) -> list[str]:
+    return page.locator(f"#{chat_id} [data-testid='bot']").all_inner_texts()
+
+
+def wait_for_answers(page, chat_ids: list[str], count: int = 1, timeout: float = 90_000) -> None:
+    selectors = " && ".join(
+        f"document.querySelectorAll('#{c} [data-testid=\"bot\"]').length >= {count} && "
+        f"document.querySelectorAll('#{c} [data-testid=\"bot\"]')[{count - 1}].innerText.trim().length > 0"
+        for c in chat_ids
+    )
+    page.wait_for_function(f"() => {selectors}", timeout=timeout)
+
+
+def test_compare_fills_every_column(page):
+    page.get_by_role("tab", name="Compare").click()
+    page.fill("#compare-message textarea", "What is the capital of France?")
+    page.click("#compare-send")
+    wait_for_answers(page, ["compare-chat-0", "compare-chat-1"])
+    page.wait_for_function("() => document.querySelector('#compare-stats-1').innerText.includes('tok/s')", timeout=60_000)
+    assert "Paris" in bot_texts(page, "compare-chat-0")[0]
+    assert bot_texts(page, "compare-chat-1")[0].strip()
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "compare.png"), full_page=True)
+
+
+def test_arena_reveals_names_after_the_vote(page):
+    store: VoteStore = page.ctx.votes
+    before = store.count()
+    page.get_by_role("tab", name="Arena").click()
+    page.fill("#arena-message textarea", "Name a color.")
+    page.click("#arena-send")
+    wait_for_answers(page, ["arena-chat-a", "arena-chat-b"])
+    assert "pirate" not in page.inner_text("#arena-reveal")
+    page.wait_for_selector("#arena-vote-a:not([disabled])")
+    page.click("#arena-vote-a")
+    page.wait_for_function("() => document.querySelector('#arena-reveal').innerText.includes('Model A was')")
+    reveal = page.inner_text("#arena-reveal")
+    assert "pirate" in reveal and "base" in reveal
+    assert store.count() == before + 1 and store.all()[-1].mode == "arena"
+    page.screenshot(path=str(SCREENSHOTS / "arena.png"), full_page=True)
+
+
+def test_search_offline_shows_notice_and_answers_still_come(page):
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-search input").check()
+    page.fill("#compare-message textarea", "Who won the last football world cup?")
+    page.click("#compare-send")
+    page.wait_for_function("() => /Web search (failed|timed out)/.test(document.querySelector('#compare-sources').innerText)",
+                           timeout=30_000)
+    wait_for_answers(page, ["compare-chat-0", "compare-chat-1"], count=2)
+    page.screenshot(path=str(SCREENSHOTS / "compare-search-offline.png"), full_page=True)
