@@ -11,6 +11,7 @@ from models.chat import Column, answer_turn, check_message, stats_line
 
 from .settings import AppContext
 from .web_search import search_for_turn
+from .zerogpu import on_gpu
 from .widgets import SamplingWidgets, Throttle, session_of, user_errors
 
 VOTES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
@@ -74,6 +75,7 @@ class ArenaTab:
                                self.sources, self.reveal, self.send, self.message, *self.vote_buttons.values()],
                               api_name="arena_new_battle")
 
+    @on_gpu
     @user_errors
     def _send(self, data: dict, request: gr.Request):
         message = check_message(data[self.message], self.ctx.settings.max_message_chars)

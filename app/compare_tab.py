@@ -11,6 +11,7 @@ from models.chat import Column, answer_turn, check_message, drop_last_turn, stat
 
 from .settings import AppContext
 from .web_search import search_for_turn
+from .zerogpu import on_gpu
 from .widgets import SamplingWidgets, Throttle, session_of, user_errors
 
 MAX_COLUMNS = 4
@@ -122,11 +123,13 @@ class CompareTab:
         return [Column(data[w.variant] or "base", list(data[self.state][i]), w.params(data, shared))
                 for i, w in enumerate(self.columns[:count])]
 
+    @on_gpu
     @user_errors
     def _send(self, data: dict, request: gr.Request):
         message = check_message(data[self.message], self.ctx.settings.max_message_chars)
         yield from self._turn(data, self._columns_from(data), message, request)
 
+    @on_gpu
     @user_errors
     def _regenerate(self, data: dict, request: gr.Request):
         columns = self._columns_from(data)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import gradio as gr
 
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
         config: EngineConfig = engine_config_from_args(args)
         engine = Engine.load(config)
     except ArenaError as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     log.info("serving %s with %d adapters on http://%s:%d", engine.base.name, len(engine.variants()) - 1,
              settings.host, settings.port)

@@ -114,6 +114,9 @@ def ensure_default_model(models_dir: Path) -> Path:
 def resolve_base(spec: str, models_dir: Path) -> tuple[str, str]:
     """Map what the user typed to (name adapters record, path or id to load)."""
     if spec.strip().lower() in DEFAULT_ALIASES:
+        if importlib.util.find_spec(EMBEDDED_PACKAGE) is None and not hub_offline():
+            # e.g. a Space, where requirements.txt cannot install the model package with --no-deps
+            return DEFAULT_BASE_ID, DEFAULT_BASE_ID
         return DEFAULT_BASE_ID, str(ensure_default_model(models_dir))
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -156,7 +159,7 @@ def load_base(spec: str, models_dir: Path, device: str | None = None,
     notes: list[str] = []
     quant_config = _quantization_config(quantization, dev, notes)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    offline = hub_offline()
     kwargs = dict(dtype=dtype, attn_implementation="sdpa")
     if quant_config is not None:
         kwargs["quantization_config"] = quant_config
@@ -182,6 +185,10 @@ def load_base(spec: str, models_dir: Path, device: str | None = None,
         quantization=quantization if quant_config is not None else None,
         load_seconds=time.perf_counter() - start, notes=notes,
     )
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
 def first_line(exc: BaseException) -> str:

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from .config import EngineConfig, SamplingParams, resolve_data_dir
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--base", default="default",
-                       help="base model: 'default' (embedded SmolLM2-135M-Instruct), a local folder or a Hub id")
+    group.add_argument("--base", default=os.environ.get("ARENA_BASE", "default"),
+                       help="base model: 'default' (embedded SmolLM2-135M-Instruct), a local folder or a Hub id "
+                            "(or $ARENA_BASE)")
     group.add_argument("--data-dir", default=None,
                        help="folder for everything written (default $ARENA_DATA_DIR or ./arena_data)")
     group.add_argument("--adapters-dir", action="append", default=[], metavar="DIR",

@@ -1,0 +1,40 @@
+"""`python arena.py` as the README starts it: a real process serving the page."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_arena_py_serves_the_page(tmp_path, default_model_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "arena.py", "--port", str(port), "--data-dir", str(tmp_path)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                time.sleep(0.5)
+        else:
+            raise AssertionError("the app did not start within 120 s")
+        assert "LoRA Arena" in page
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_bad_auth_option_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "app", "--auth", "nopassword", "--data-dir", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: --auth / ARENA_AUTH must look like USER:PASSWORD"
