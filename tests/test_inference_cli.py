@@ -83,7 +83,7 @@ def test_file_run_resumes_after_interruption(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["Hi", "--variants", "base,ghost"], "unknown variant 'ghost'"),
+    (["Hi", "--variants", "base,ghost"], "unknown variant 'ghost': choose from base, pirate"),
     (["--input", "missing.jsonl", "--output", "o.jsonl"], "missing.jsonl: no such file"),
     (["Hi", "--temperature", "-2"], "temperature must be between 0 and 5"),
 ])
