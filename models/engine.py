@@ -240,9 +240,18 @@ class Engine:
         room = self.context_limit - max(len(row.prompt_ids) for row in group)
         if params.max_new_tokens > room:
             params = dataclasses.replace(params, max_new_tokens=room)
-        if not mixed:
+        adapters = {row.adapter for row in group}
+        if self._peft is None or not mixed or len(adapters) > 1:
+            if not mixed:
+                self._peft.set_adapter(group[0].adapter)
+            self.runner.run(group, params, self._peft, emit, cancel, wait, mixed=mixed)
+        elif adapters == {BASE_ROW}:
+            # Every row wants the base: switch LoRA off rather than pay for PEFT's per-row routing (~10%).
+            with self._peft.disable_adapter():
+                self.runner.run(group, params, self._peft, emit, cancel, wait, mixed=False)
+        else:  # one adapter for every row: the plain active-adapter path is faster than a mixed batch
             self._peft.set_adapter(group[0].adapter)
-        self.runner.run(group, params, self._peft, emit, cancel, wait, mixed=mixed)
+            self.runner.run(group, params, self._peft, emit, cancel, wait, mixed=False)
 
     def _row(self, index: int, request: ChatRequest) -> Row:
         messages = normalize_messages(request.messages, request.system)

@@ -47,7 +47,7 @@ class HFRunner:
 
     def run(self, rows: list[Row], params: SamplingParams, peft_model, emit: Callable[[StreamEvent], None],
             cancel: threading.Event, queue_seconds: float = 0.0, mixed: bool = True) -> None:
-        """Generate for all rows at once. mixed=False: one row whose adapter is set beforehand (DoRA)."""
+        """Generate for all rows at once. mixed=False: the caller has set the adapter (or turned LoRA off)."""
         input_ids, attention_mask = self._left_pad([row.prompt_ids for row in rows])
         kwargs = {}
         model = self.base_model
