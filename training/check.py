@@ -1,0 +1,68 @@
+"""Dataset check before a job starts: validation report, token lengths and a preview as training sees it."""
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from models.base import resolve_base
+from models.config import ArenaError
+
+from .config import TrainConfig
+from .data import load_dataset, split_examples
+from .encoding import encode_all, preview
+
+
+@dataclass
+class CheckResult:
+    summary: str  # one paragraph of plain text
+    markdown: str  # the report for the UI
+    preview_html: str
+    train_rows: int
+    validation_rows: int
+
+
+def load_tokenizer(base: str, models_dir: Path):
+    _, source = resolve_base(base, models_dir)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=offline)
+    except (OSError, ValueError) as exc:
+        raise ArenaError(f"cannot load the tokenizer of '{base}': {str(exc).strip().splitlines()[0]}") from None
+
+
+def check_dataset(cfg: TrainConfig, data_dir: Path, tokenizer=None) -> CheckResult:
+    """Everything a job would refuse is raised here as ArenaError, before any process starts."""
+    tokenizer = tokenizer or load_tokenizer(cfg.base, Path(data_dir) / "models")
+    examples, report = load_dataset(cfg.dataset, cfg.format)
+    if cfg.validation_file:
+        validation, _ = load_dataset(cfg.validation_file, cfg.format)
+        train = examples
+    else:
+        train, validation = split_examples(examples, cfg.validation_split, cfg.seed)
+    encoded, report = encode_all(examples, tokenizer, max_length=cfg.max_length, loss_on=cfg.loss_on,
+                                 overlong=cfg.overlong, report=report)
+    if not encoded:
+        raise ArenaError(f"{cfg.dataset}: no row can train (max_length {cfg.max_length}); "
+                         f"first problems: {'; '.join(f'row {r}: {why}' for r, why in report.bad_rows[:3])}")
+    bad = "".join(f"\n| {row} | {html.escape(why)} |" for row, why in report.bad_rows[:20])
+    t = report.tokens
+    markdown = (
+        f"**{Path(cfg.dataset).name}**: format `{report.format}`, {report.rows_kept} of {report.rows_total} rows kept, "
+        f"{len(train)} for training and {len(validation)} for validation.\n\n"
+        f"Tokens per row: min {t.min}, median {t.median}, p95 {t.p95}, max {t.max}; "
+        f"{t.over_max_length} rows over max_length {cfg.max_length} ({cfg.overlong}d)."
+        + (f"\n\n| row | why it was dropped |\n|---|---|{bad}" if bad else "")
+    )
+    html_preview = preview(examples, tokenizer, n=3, max_length=cfg.max_length, loss_on=cfg.loss_on,
+                           overlong=cfg.overlong)
+    return CheckResult(report.summary(), markdown, html_preview, len(train), len(validation))
+
+
+def print_check(cfg: TrainConfig, data_dir: Path) -> None:
+    result = check_dataset(cfg, data_dir)
+    print(result.summary)
+    print(f"train rows {result.train_rows}, validation rows {result.validation_rows}")

@@ -1,0 +1,151 @@
+"""TrainConfig: every option of a training job, shared by the Training tab, `python -m training` and job files.
+
+A job's config is saved as YAML next to its logs; `python -m training --config job.yaml` reruns it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from models.adapters import validate_name
+from models.config import ArenaError
+from models.jsonl import atomic_write_text
+
+FORMATS = ("auto", "text", "alpaca", "sharegpt", "messages", "prompt_completion")
+METHODS = ("lora", "rslora", "dora", "qlora")
+TARGET_PRESETS = {
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],  # the TinyLlama seed run's choice
+    "all-linear": "all-linear",
+}
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+
+
+@dataclass
+class TrainConfig:
+    # what
+    name: str  # the adapter's name, also its folder under DATA/adapters
+    dataset: str  # JSON, JSONL or CSV file
+    base: str = "default"
+    format: str = "auto"
+    validation_file: str | None = None
+    validation_split: float = 0.1  # share of rows held out when no validation file is given
+    max_length: int = 512
+    overlong: str = "truncate"  # truncate or drop rows longer than max_length
+    loss_on: str = "assistant"  # assistant (only answers carry loss) or all
+    packing: bool = False  # else length-grouped batches with dynamic padding
+    # adapter
+    method: str = "lora"
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "attention"  # a preset name or a list of module names
+    # optimisation (transformers' optimiser and schedulers)
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 4
+    grad_accum: int = 1
+    gradient_checkpointing: bool = False
+    eval_every: int = 10  # steps between validation losses
+    early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = off
+    seed: int = 42
+    logging_steps: int = 1
+    extra: dict = field(default_factory=dict)  # room for options a later version adds
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        validate_name(self.name)
+        checks = [
+            (self.format in FORMATS, f"format must be one of {', '.join(FORMATS)}"),
+            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
+            (self.overlong in ("truncate", "drop"), "overlong must be truncate or drop"),
+            (self.loss_on in ("assistant", "all"), "loss_on must be assistant or all"),
+            (self.lr_scheduler in SCHEDULERS, f"lr_scheduler must be one of {', '.join(SCHEDULERS)}"),
+            (0.0 <= self.validation_split < 0.9, "validation_split must be in [0, 0.9)"),
+            (16 <= self.max_length <= 131072, "max_length must be between 16 and 131072"),
+            (1 <= self.rank <= 1024, "rank must be between 1 and 1024"),
+            (self.alpha > 0, "alpha must be positive"),
+            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (0 < self.learning_rate < 1, "learning_rate must be in (0, 1)"),
+            (self.epochs > 0 or self.max_steps > 0, "give epochs > 0 or max_steps > 0"),
+            (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be at least 1"),
+            (self.eval_every >= 1, "eval_every must be at least 1"),
+            (self.early_stopping_patience >= 0, "early_stopping_patience must be 0 (off) or more"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ArenaError(f"training config: {message}")
+        self.target_list()
+
+    def target_list(self) -> str | list[str]:
+        """Module names for PEFT: a preset expanded, or the user's list."""
+        if isinstance(self.target_modules, str):
+            if self.target_modules in TARGET_PRESETS:
+                return TARGET_PRESETS[self.target_modules]
+            names = [t.strip() for t in self.target_modules.split(",") if t.strip()]
+        else:
+            names = list(self.target_modules)
+        if not names:
+            raise ArenaError("training config: target_modules is empty")
+        return names
+
+    # ----- files ------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "config") -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ArenaError(f"{where}: unknown option(s) {', '.join(unknown)}")
+        missing = [n for n in ("name", "dataset") if not values.get(n)]
+        if missing:
+            raise ArenaError(f"{where}: missing {', '.join(missing)}")
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ArenaError(f"{where}: {exc}") from None
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ArenaError(f"{path}: no such config file")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ArenaError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise ArenaError(f"{path}: expected a mapping of option: value")
+        return cls.from_dict(values, where=str(path))
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def cli_args(self) -> list[str]:
+        """The same job as command-line options (what the UI shows beside the accelerate command)."""
+        args = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra" or value == f.default or value is None:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(value, bool):
+                args += [flag] if value else [f"--no-{f.name.replace('_', '-')}"]
+            elif isinstance(value, list):
+                args += [flag, ",".join(value)]
+            else:
+                args += [flag, str(value)]
+        return args

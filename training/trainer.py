@@ -1,0 +1,219 @@
+"""One training run: dataset -> LoRA/QLoRA adapter, with transformers' Trainer and PEFT.
+
+Runs inside the job process (`python -m training`, usually under `accelerate launch`). It reports
+progress through a JobReporter, honours the CANCEL flag between steps (keeping a checkpoint), and
+writes the adapter atomically: a temp folder in the adapters folder, then one rename.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, Trainer, TrainingArguments
+
+from models.base import resolve_base
+from models.config import ArenaError
+
+from .callbacks import ProgressCallback
+from .config import TrainConfig
+from .data import load_dataset, split_examples
+from .encoding import DataCollator, encode_all, pack
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    train: list
+    validation: list
+    report: object  # training.data.DatasetReport
+    dataset_hash: str
+
+
+def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
+    """Load, validate, split and tokenise; every problem is an ArenaError before any training starts."""
+    examples, report = load_dataset(cfg.dataset, cfg.format)
+    if cfg.validation_file:
+        train_examples = examples
+        validation_examples, _ = load_dataset(cfg.validation_file, cfg.format)
+    else:
+        train_examples, validation_examples = split_examples(examples, cfg.validation_split, cfg.seed)
+    params = dict(max_length=cfg.max_length, loss_on=cfg.loss_on, overlong=cfg.overlong)
+    train, report = encode_all(train_examples, tokenizer, report=report, **params)
+    validation, _ = encode_all(validation_examples, tokenizer, **params)
+    if not train:
+        raise ArenaError(f"{cfg.dataset}: no row is left to train on after encoding (max_length {cfg.max_length})")
+    if cfg.packing:
+        train = pack(train, cfg.max_length)
+    return PreparedData(train, validation, report, file_sha256(cfg.dataset))
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_for_training(cfg: TrainConfig, models_dir: Path):
+    """Base model and tokenizer for training: bf16 on CUDA, fp32 on CPU, 4-bit NF4 for QLoRA."""
+    name, source = resolve_base(cfg.base, models_dir)
+    cuda = torch.cuda.is_available()
+    if cfg.method == "qlora" and not cuda:
+        raise ArenaError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit); on this machine use method lora")
+    kwargs = {"dtype": torch.bfloat16 if cuda else torch.float32}
+    if cfg.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=offline, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ArenaError(f"cannot load base model '{cfg.base}': {str(exc).strip().splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return name, model, tokenizer
+
+
+def add_lora(model, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    lora = LoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_list(),
+        use_rslora=cfg.method == "rslora", use_dora=cfg.method == "dora", task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def training_arguments(cfg: TrainConfig, output_dir: Path, has_validation: bool) -> TrainingArguments:
+    cuda = torch.cuda.is_available()
+    evaluate = has_validation
+    return TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=float(cfg.warmup_ratio),
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_every,
+        save_strategy="steps", save_steps=cfg.eval_every, save_total_limit=2,
+        load_best_model_at_end=evaluate, metric_for_best_model="eval_loss", greater_is_better=False,
+        train_sampling_strategy="random" if cfg.packing else "group_by_length",
+        gradient_checkpointing=cfg.gradient_checkpointing, bf16=cuda, seed=cfg.seed, data_seed=cfg.seed,
+        report_to=[], dataloader_num_workers=0, remove_unused_columns=False, use_cpu=not cuda,
+        disable_tqdm=True, save_only_model=False,
+    )
+
+
+def train(cfg: TrainConfig, data_dir: Path, reporter=None, resume_from: Path | None = None,
+          output_dir: Path | None = None) -> Path | None:
+    """Run the whole job; returns the adapter folder, or None when it was cancelled."""
+    started = time.time()
+    torch.manual_seed(cfg.seed)
+    base_name, model, tokenizer = load_for_training(cfg, data_dir / "models")
+    data = prepare_data(cfg, tokenizer)
+    model = add_lora(model, cfg)
+    trainable, total = model.get_nb_trainable_parameters()
+    checkpoints = Path(output_dir or tempfile.mkdtemp(prefix="arena-train-")) / "checkpoints"
+    args = training_arguments(cfg, checkpoints, bool(data.validation))
+    cancel_flag = Path(output_dir) / "CANCEL" if output_dir else None
+    progress = ProgressCallback(reporter, tokens_per_step=_tokens_per_step(data.train, args), cancel_flag=cancel_flag)
+    callbacks = [progress]
+    if cfg.early_stopping_patience and data.validation:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation or None,
+                      data_collator=DataCollator(tokenizer.pad_token_id), callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if not trainer.is_world_process_zero():
+        return None
+    if progress.cancelled:
+        return None
+    card = make_card(cfg, base_name, data, trainer, trainable, total, time.time() - started)
+    return save_adapter(model, cfg.name, data_dir / "adapters", base_name, card, data_dir / "trash")
+
+
+def _tokens_per_step(train: list, args: TrainingArguments) -> float:
+    tokens = sum(len(row["input_ids"]) for row in train)
+    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+    return tokens / max(1, len(train)) * batch
+
+
+def make_card(cfg, base_name, data: PreparedData, trainer, trainable, total, seconds) -> dict:
+    history = trainer.state.log_history
+    import peft
+    import transformers
+
+    return {
+        "base_model": base_name,
+        "dataset": {"name": Path(cfg.dataset).name, "sha256": data.dataset_hash,
+                    "rows_kept": data.report.rows_kept, "rows_total": data.report.rows_total,
+                    "dropped_by_reason": data.report.dropped_by_reason,
+                    "train_rows": len(data.train), "validation_rows": len(data.validation)},
+        "training": cfg.to_dict(),
+        "metrics": {
+            "train_loss": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
+            "eval_loss": [{"step": h["step"], "loss": h["eval_loss"]} for h in history if "eval_loss" in h],
+            "best_step": _best_step(trainer), "best_eval_loss": trainer.state.best_metric,
+            "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
+        },
+        "trainable_parameters": trainable, "total_parameters": total,
+        "trainable_share": trainable / total if total else None,
+        "wall_seconds": round(seconds, 1), "peak_memory_mb": peak_memory_mb(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__, "python": platform.python_version()},
+    }
+
+
+def _best_step(trainer) -> int | None:
+    best = trainer.state.best_model_checkpoint
+    return int(best.rsplit("-", 1)[-1]) if best else None
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
+
+
+def save_adapter(model, name: str, adapters_dir: Path, base_name: str, card: dict, trash_dir: Path) -> Path:
+    """Write into a dot folder (the registry ignores those), then rename: never a half adapter."""
+    adapters_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".saving-{name}-", dir=adapters_dir))
+    final = adapters_dir / name
+    try:
+        model.save_pretrained(tmp)
+        config_path = tmp / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = base_name  # the Hub id, not this machine's cache path
+        config_path.write_text(json.dumps(config, indent=2))
+        (tmp / "arena_card.json").write_text(json.dumps(card, indent=2, default=str))
+        if final.exists():  # retrained under the same name: keep the old one in the trash
+            trash_dir.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(final), trash_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno == 28:
+            raise ArenaError(f"the disk is full: could not write adapter '{name}' to {adapters_dir}") from None
+        raise ArenaError(f"could not write adapter '{name}': {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
