@@ -11,12 +11,14 @@ from evaluation.votes import VoteStore
 from models import ArenaError, Engine, EngineConfig
 from models.cli import add_engine_args, engine_config_from_args
 from models.search import WebSearch, provider_from_settings
+from training.jobs import JobRunner
 
 from .arena_tab import ArenaTab
 from .compare_tab import CompareTab
 from .leaderboard_tab import LeaderboardTab
 from .models_tab import ModelsTab
 from .settings import AppContext, AppSettings
+from .training_tab import TrainingTab
 from .widgets import session_of
 
 log = logging.getLogger(__name__)
@@ -29,17 +31,34 @@ footer { display: none !important; }
 def make_context(engine: Engine, settings: AppSettings) -> AppContext:
     provider = provider_from_settings(settings.search_provider, settings.searxng_url)
     search = WebSearch(provider, timeout_s=settings.search_timeout_s) if provider is not None else None
+    jobs = None if settings.public else JobRunner(engine.config.data_dir, on_finished=_serve_new_adapter(engine))
+    if jobs is not None:
+        jobs.start()  # re-attaches to jobs still running from before a restart
     return AppContext(engine=engine, settings=settings,
-                      votes=VoteStore(engine.config.data_dir / "votes.sqlite"), search=search)
+                      votes=VoteStore(engine.config.data_dir / "votes.sqlite"), search=search, jobs=jobs)
+
+
+def _serve_new_adapter(engine: Engine):
+    """When a job succeeds, its adapter answers in Compare and Arena at once, no restart."""
+    def on_finished(job) -> None:
+        if job.status != "succeeded":
+            return
+        if job.name in {a.name for a in engine.adapters()}:
+            engine.reload_adapter(job.name)  # retrained under the same name: serve the new weights
+        else:
+            engine.rescan()
+    return on_finished
 
 
 def build_app(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title="LoRA Arena") as demo:
         gr.Markdown("# LoRA Arena\nDid the fine-tune make it better? Ask the base model and each adapter the same thing.")
-        with gr.Tabs():
-            CompareTab(ctx).build()
+        with gr.Tabs() as tabs:
+            compare = CompareTab(ctx)
+            compare.build()
             ArenaTab(ctx).build()
             LeaderboardTab(ctx).build()
+            TrainingTab(ctx, tabs, compare).build()
             ModelsTab(ctx).build()
         demo.unload(_closer(ctx))
     return demo

@@ -73,4 +73,5 @@ class AppContext:
     settings: AppSettings
     votes: object  # evaluation.votes.VoteStore
     search: object | None  # models.search.WebSearch, None when search is off
+    jobs: object | None = None  # training.jobs.JobRunner; None in public mode
     cancels: SessionCancels = field(default_factory=SessionCancels)

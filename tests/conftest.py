@@ -84,16 +84,18 @@ def launch_app():
     from app.server import launch, make_context
     from app.settings import AppSettings
 
-    demos = []
+    started = []
 
     def start(engine, search=None, **settings):
         ctx = make_context(engine, AppSettings(port=free_port(), **settings))
         if search is not None:
             ctx.search = search
         demo, url = launch(ctx, prevent_thread_lock=True, quiet=True)
-        demos.append(demo)
+        started.append((demo, ctx))
         return ctx, url
 
     yield start
-    for demo in demos:
+    for demo, ctx in started:
         demo.close()
+        if ctx.jobs is not None:
+            ctx.jobs.stop()

@@ -1,0 +1,77 @@
+"""The Training tab's settings form: one widget per TrainConfig field, presets, and form -> TrainConfig."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import gradio as gr
+
+from training.config import FORMATS, METHODS, SCHEDULERS, TrainConfig
+
+QUICK_CPU_DEMO = dict(method="lora", rank=16, alpha=32, dropout=0.05, target_modules="attention",
+                      learning_rate=1e-3, lr_scheduler="cosine", epochs=5.0, max_steps=-1, batch_size=4,
+                      grad_accum=1, max_length=256, eval_every=9, early_stopping_patience=0)
+PRESETS = {"Quick CPU demo (a few minutes on the default model)": QUICK_CPU_DEMO, "Custom": {}}
+
+
+@dataclass
+class TrainingForm:
+    """Widgets keyed by TrainConfig field name, so the form, the CLI and job files stay one schema."""
+
+    widgets: dict[str, gr.components.Component]
+    preset: gr.Radio
+
+    @classmethod
+    def build(cls) -> "TrainingForm":
+        d = TrainConfig(name="x", dataset="x")  # the defaults, one source of truth
+        w: dict[str, gr.components.Component] = {}
+        with gr.Row():
+            w["name"] = gr.Textbox(label="Adapter name", value="ahoy", elem_id="train-name")
+            w["format"] = gr.Dropdown(list(FORMATS), value=d.format, label="Format")
+            preset = gr.Radio(list(PRESETS), value=next(iter(PRESETS)), label="Preset")
+        with gr.Accordion("Advanced settings", open=False):
+            with gr.Row():
+                w["method"] = gr.Dropdown(list(METHODS), value="lora", label="Method (QLoRA needs CUDA)")
+                w["rank"] = gr.Slider(1, 256, value=QUICK_CPU_DEMO["rank"], step=1, label="Rank r")
+                w["alpha"] = gr.Slider(1, 512, value=QUICK_CPU_DEMO["alpha"], step=1, label="Alpha")
+                w["dropout"] = gr.Slider(0, 0.5, value=d.dropout, step=0.01, label="LoRA dropout")
+                w["target_modules"] = gr.Dropdown(["attention", "all-linear"], value="attention", allow_custom_value=True,
+                                                  label="Target modules (preset or comma-separated names)")
+            with gr.Row():
+                w["learning_rate"] = gr.Number(value=QUICK_CPU_DEMO["learning_rate"], label="Learning rate")
+                w["lr_scheduler"] = gr.Dropdown(list(SCHEDULERS), value=d.lr_scheduler, label="Schedule")
+                w["warmup_ratio"] = gr.Slider(0, 0.5, value=d.warmup_ratio, step=0.01, label="Warm-up share")
+                w["epochs"] = gr.Number(value=QUICK_CPU_DEMO["epochs"], label="Epochs")
+                w["max_steps"] = gr.Number(value=-1, precision=0, label="Max steps (-1 = use epochs)")
+            with gr.Row():
+                w["batch_size"] = gr.Slider(1, 64, value=d.batch_size, step=1, label="Batch size")
+                w["grad_accum"] = gr.Slider(1, 64, value=d.grad_accum, step=1, label="Gradient accumulation")
+                w["max_length"] = gr.Slider(32, 4096, value=QUICK_CPU_DEMO["max_length"], step=32, label="Max length (tokens)")
+                w["overlong"] = gr.Radio(["truncate", "drop"], value=d.overlong, label="Longer rows")
+                w["loss_on"] = gr.Radio(["assistant", "all"], value=d.loss_on, label="Loss on")
+            with gr.Row():
+                w["packing"] = gr.Checkbox(value=d.packing, label="Packing (else length-grouped batches)")
+                w["gradient_checkpointing"] = gr.Checkbox(value=d.gradient_checkpointing, label="Gradient checkpointing")
+                w["validation_split"] = gr.Slider(0, 0.5, value=d.validation_split, step=0.01, label="Validation share")
+                w["eval_every"] = gr.Number(value=QUICK_CPU_DEMO["eval_every"], precision=0, label="Evaluate every N steps")
+                w["early_stopping_patience"] = gr.Number(value=0, precision=0, label="Early-stopping patience (0 = off)")
+                w["seed"] = gr.Number(value=d.seed, precision=0, label="Seed")
+        form = cls(w, preset)
+        preset.change(form.apply_preset, preset, list(w.values()), api_visibility="private")
+        return form
+
+    @property
+    def components(self) -> list:
+        return list(self.widgets.values())
+
+    def apply_preset(self, preset: str):
+        values = PRESETS.get(preset, {})
+        return [gr.update(value=values[name]) if name in values else gr.update() for name in self.widgets]
+
+    def config(self, data: dict, dataset: str, base: str) -> TrainConfig:
+        """The form's values as a TrainConfig (ArenaError names a bad field)."""
+        ints = {f.name for f in fields(TrainConfig) if f.type == "int"}
+        values = {name: data[widget] for name, widget in self.widgets.items()}
+        for name in ints & set(values):
+            values[name] = int(values[name])
+        values["name"] = (values["name"] or "").strip()
+        return TrainConfig.from_dict({**values, "dataset": dataset, "base": base}, where="training form")

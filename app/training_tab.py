@@ -1,0 +1,190 @@
+"""Training tab: pick or upload a dataset, check it, start a LoRA job, watch it live, then compare.
+
+The tab only builds a TrainConfig and hands it to the JobRunner, which runs the same
+`accelerate launch -m training ...` command a user could type; the command is shown.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from models import ArenaError
+from models.adapters import validate_name
+from training.check import check_dataset
+from training.jobs import shell_command
+from training.resources import check_device_memory
+
+from .settings import AppContext
+from .training_form import TrainingForm
+from .widgets import user_errors
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "training" / "examples"
+JOB_COLUMNS = ["id", "name", "status", "progress", "created", "error"]
+
+
+class TrainingTab:
+    def __init__(self, ctx: AppContext, tabs: gr.Tabs, compare):
+        self.ctx = ctx
+        self.tabs = tabs  # to switch to Compare
+        self.compare = compare  # its column dropdowns get base + the new adapter
+        self.datasets_dir = ctx.engine.config.data_dir / "datasets"
+
+    def build(self) -> gr.Tab:
+        with gr.Tab("Training", id="training", visible=self.ctx.jobs is not None) as self.tab:
+            gr.Markdown("Train a LoRA adapter on the served base model. Jobs run in the background as separate "
+                        "processes; closing the page or restarting the app does not stop them.")
+            with gr.Row():
+                self.dataset = gr.Dropdown(self._datasets(), value=self._datasets()[0], label="Dataset",
+                                           allow_custom_value=True, scale=3, elem_id="train-dataset")
+                self.upload = gr.File(label="…or upload JSON / JSONL / CSV", file_types=[".json", ".jsonl", ".csv"],
+                                      scale=2)
+            self.form = TrainingForm.build()
+            with gr.Row():
+                self.check = gr.Button("Check dataset")
+                self.start = gr.Button("Start training", variant="primary", elem_id="train-start")
+            self.report = gr.Markdown(elem_id="train-report")
+            self.preview = gr.HTML()
+            self.command = gr.Code(label="Command the job runs", language="shell", interactive=False)
+            self.jobs_table = gr.Dataframe(label="Jobs", interactive=False, elem_id="train-jobs")
+            with gr.Row():
+                self.job = gr.Dropdown([], label="Job", scale=3, elem_id="train-job")
+                self.cancel = gr.Button("Cancel")
+                self.resume = gr.Button("Resume")
+                self.to_compare = gr.Button("Compare with base", elem_id="train-compare")
+            self.status = gr.Markdown(elem_id="train-status")
+            self.curves = gr.LinePlot(x="step", y="loss", color="split", title="Loss", elem_id="train-curves",
+                                      x_title="step", y_title="loss")
+            self.log = gr.Code(label="Log tail", interactive=False, lines=12)
+            self.timer = gr.Timer(2.0)
+        self._wire()
+        return self.tab
+
+    def _wire(self) -> None:
+        form_inputs = {self.dataset, *self.form.components}
+        self.upload.upload(self._store_upload, self.upload, self.dataset, api_name="train_upload")
+        self.check.click(self._check, form_inputs, [self.report, self.preview], api_name="train_check")
+        self.start.click(self._start, form_inputs, [self.report, self.command, self.job], api_name="train_start")
+        watched = [self.jobs_table, self.job, self.status, self.curves, self.log]
+        self.timer.tick(self._watch, self.job, watched, api_visibility="private", show_progress="hidden")
+        self.job.change(self._watch, self.job, watched, api_visibility="private")
+        self.cancel.click(self._cancel, self.job, self.status, api_name="train_cancel")
+        self.resume.click(self._resume, self.job, [self.status, self.job], api_name="train_resume")
+        self.to_compare.click(self._compare_with_base, self.job,
+                              [self.tabs, self.compare.n_columns, self.compare.columns[0].variant,
+                               self.compare.columns[1].variant], api_name="train_compare")
+
+    # ----- datasets -------------------------------------------------------------------------------
+
+    def _datasets(self) -> list[str]:
+        uploaded = sorted(str(p) for p in self.datasets_dir.glob("*") if p.suffix in (".json", ".jsonl", ".csv"))
+        return [str(p) for p in sorted(EXAMPLES.glob("*.json"))] + uploaded
+
+    @user_errors
+    def _store_upload(self, file):
+        self._refuse_in_public_mode()
+        source = Path(file if isinstance(file, str) else file.name)
+        self.datasets_dir.mkdir(parents=True, exist_ok=True)
+        target = self.datasets_dir / source.name
+        tmp = target.with_name(f".{target.name}.{time.time_ns()}")
+        shutil.copyfile(source, tmp)
+        tmp.replace(target)  # a half-copied dataset is never listed
+        return gr.Dropdown(choices=self._datasets(), value=str(target))
+
+    def _config(self, data: dict):
+        dataset = data[self.dataset]
+        if not dataset:
+            raise ArenaError("pick or upload a dataset first")
+        return self.form.config(data, dataset, base=self.ctx.engine.config.base)
+
+    @user_errors
+    def _check(self, data: dict):
+        result = check_dataset(self._config(data), self.ctx.engine.config.data_dir, tokenizer=self.ctx.engine.base.tokenizer)
+        return result.markdown, result.preview_html
+
+    @user_errors
+    def _start(self, data: dict):
+        self._refuse_in_public_mode()
+        cfg = self._config(data)
+        validate_name(cfg.name)
+        result = check_dataset(cfg, self.ctx.engine.config.data_dir, tokenizer=self.ctx.engine.base.tokenizer)
+        check_device_memory(cfg, self.ctx.engine)
+        job = self.ctx.jobs.submit(cfg)
+        note = f"Job **{job.id}** queued for adapter **{cfg.name}**.\n\n{result.markdown}"
+        return note, shell_command(job.command), gr.Dropdown(choices=self._job_ids(), value=job.id)
+
+    # ----- jobs -----------------------------------------------------------------------------------
+
+    def _job_ids(self) -> list[str]:
+        return [job.id for job in self.ctx.jobs.store.list(50)]
+
+    def _watch(self, job_id: str | None):
+        store = self.ctx.jobs.store
+        jobs = store.list(50)
+        table = pd.DataFrame([self._job_row(j) for j in jobs], columns=JOB_COLUMNS)
+        job_id = job_id or (jobs[0].id if jobs else None)
+        choices = gr.Dropdown(choices=[j.id for j in jobs], value=job_id)
+        if job_id is None:
+            return table, choices, "No jobs yet.", None, ""
+        job = store.get(job_id)
+        return table, choices, self._status(job), self._curves(store.read_metrics(job_id)), store.read_log_tail(job_id, 40)
+
+    def _job_row(self, job) -> dict:
+        progress = self.ctx.jobs.store.read_progress(job.id) or {}
+        done = f"{progress.get('step', 0)}/{progress.get('total_steps', '?')}" if progress else ""
+        return {"id": job.id, "name": job.name, "status": job.status, "progress": done,
+                "created": (job.created or "")[:19], "error": job.error or ""}
+
+    def _status(self, job) -> str:
+        progress = self.ctx.jobs.store.read_progress(job.id) or {}
+        parts = [f"**{job.name}** · {job.status}"]
+        if progress:
+            eta = progress.get("eta_seconds")
+            parts += [f"step {progress.get('step')}/{progress.get('total_steps')}", f"epoch {progress.get('epoch')}",
+                      f"ETA {eta:.0f} s" if eta is not None else "ETA …",
+                      f"{progress.get('tokens_per_second') or 0:.0f} tokens/s", f"{progress.get('memory_mb', 0):.0f} MB"]
+        text = " · ".join(parts)
+        if job.error:
+            text += f"\n\n**Error:** {job.error}"
+        return text + f"\n\n`{shell_command(job.command)}`"
+
+    @staticmethod
+    def _curves(metrics: list[dict]) -> pd.DataFrame:
+        rows = [{"step": m["step"], "loss": m["loss"], "split": "train"} for m in metrics if "loss" in m]
+        rows += [{"step": m["step"], "loss": m["eval_loss"], "split": "validation"} for m in metrics if "eval_loss" in m]
+        return pd.DataFrame(rows, columns=["step", "loss", "split"])
+
+    @user_errors
+    def _cancel(self, job_id: str | None):
+        self._refuse_in_public_mode()
+        if not job_id:
+            raise ArenaError("pick a job first")
+        self.ctx.jobs.cancel(job_id)
+        return f"Cancel requested for **{job_id}**: it saves a checkpoint and stops."
+
+    @user_errors
+    def _resume(self, job_id: str | None):
+        self._refuse_in_public_mode()
+        if not job_id:
+            raise ArenaError("pick a job first")
+        job = self.ctx.jobs.resume(job_id)
+        return f"Resuming as job **{job.id}**.", gr.Dropdown(choices=self._job_ids(), value=job.id)
+
+    @user_errors
+    def _compare_with_base(self, job_id: str | None):
+        if not job_id:
+            raise ArenaError("pick a job first")
+        job = self.ctx.jobs.store.get(job_id)
+        self.ctx.engine.rescan()
+        variants = self.ctx.engine.variants()
+        if job.name not in variants:
+            raise ArenaError(f"adapter '{job.name}' is not ready: the job is {job.status}")
+        return (gr.Tabs(selected="compare"), 2, gr.Dropdown(choices=variants, value="base"),
+                gr.Dropdown(choices=variants, value=job.name))
+
+    def _refuse_in_public_mode(self) -> None:
+        if self.ctx.settings.public or self.ctx.jobs is None:
+            raise ArenaError("training is turned off on this public server")
