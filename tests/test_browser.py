@@ -80,3 +80,31 @@ def test_search_offline_shows_notice_and_answers_still_come(page):
                            timeout=30_000)
     wait_for_answers(page, ["compare-chat-0", "compare-chat-1"], count=2)
     page.screenshot(path=str(SCREENSHOTS / "compare-search-offline.png"), full_page=True)
+
+
+def test_training_tab_trains_then_compares(page):
+    """The Quick CPU demo on the Ahoy example, shortened to one epoch so CI stays quick."""
+    page.get_by_role("tab", name="Training").click()
+    page.fill("#train-name textarea", "ahoy-browser")
+    page.get_by_text("Advanced settings").click()
+    epochs = page.get_by_label("Epochs", exact=True)
+    epochs.fill("1")
+    epochs.press("Tab")
+    page.click("#train-start")
+    page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('ahoy-browser')",
+                           timeout=30_000)
+    # The curve gets points while the job runs, then the job succeeds.
+    page.wait_for_function("() => /running|succeeded/.test(document.querySelector('#train-status').innerText)",
+                           timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('succeeded')",
+                           timeout=300_000)
+    assert page.locator("#train-curves canvas, #train-curves svg").count() > 0
+    page.screenshot(path=str(SCREENSHOTS / "training.png"), full_page=True)
+    page.click("#train-compare")
+    page.wait_for_function("() => document.querySelector('#compare-variant-1 input').value === 'ahoy-browser'",
+                           timeout=30_000)
+    page.fill("#compare-message textarea", "What is the capital of Japan?")
+    page.click("#compare-send")
+    count = len(bot_texts(page, "compare-chat-1")) + 1
+    wait_for_answers(page, ["compare-chat-0", "compare-chat-1"], count=count)
+    page.screenshot(path=str(SCREENSHOTS / "compare-after-training.png"), full_page=True)
