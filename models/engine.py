@@ -7,6 +7,7 @@ no call sees another call's adapter.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -39,6 +40,13 @@ class ChatRequest:
     messages: list[dict] | str
     system: str | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass
+class Continuation:
+    text: str
+    logprob: float  # sum over the continuation's tokens
+    tokens: int
 
 
 @dataclass
@@ -294,6 +302,32 @@ class Engine:
 
     def generate(self, variant: str, messages, **kwargs) -> Answer:
         return self.compare([variant], messages, **kwargs)[0]
+
+    def loglikelihood(self, variant: str, messages, continuations: list[str], system: str | None = None,
+                      cancel: threading.Event | None = None) -> list[Continuation]:
+        """Log-probability of each continuation as the assistant's answer (multiple choice, as lm-eval scores it)."""
+        adapter = self._adapter_for(variant)
+        prompt = build_prompt_ids(self.base.tokenizer, normalize_messages(messages, system))
+        options = [self.base.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        if any(not ids for ids in options):
+            raise ArenaError("every choice needs some text")
+        with self.device.hold(cancel):
+            with self._adapter_active(adapter):
+                scores = self.runner.score(prompt, options)
+        return [Continuation(text, logprob, len(ids)) for text, (logprob, ids) in
+                zip(continuations, zip(scores, options))]
+
+    @contextlib.contextmanager
+    def _adapter_active(self, adapter: str):
+        """Plain forward passes (no generate): route through one adapter, or none for the base."""
+        if self._peft is None:
+            yield
+        elif adapter == BASE_ROW:
+            with self._peft.disable_adapter():
+                yield
+        else:
+            self._peft.set_adapter(adapter)
+            yield
 
     def info(self) -> dict:
         """What the Models tab shows about the base."""

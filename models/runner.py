@@ -69,6 +69,25 @@ class HFRunner:
                 **kwargs,
             )
 
+    def score(self, prompt: list[int], options: list[list[int]]) -> list[float]:
+        """Sum of log-probabilities of each option's tokens after the prompt, in one padded forward pass."""
+        model = self.base_model
+        rows = [prompt + option for option in options]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        scores = []
+        for row, option in enumerate(options):
+            # the token at position p is predicted by the logits at p - 1
+            positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(option), device=self.device)
+            targets = torch.tensor(option, device=self.device)
+            scores.append(float(logprobs[row, positions, targets].sum()))
+        return scores
+
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
