@@ -58,6 +58,26 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def register_headless(cfg: TrainConfig, data_dir) -> str:
+    """A job run by hand registers itself so the app lists it too. Under several processes rank 0
+    creates it and tells the others its id: every rank checkpoints into, and watches CANCEL in,
+    that job's folder (else the other ranks would train into a temp folder and never see a cancel)."""
+    from .job_store import JobStore
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return JobStore(data_dir).create(cfg).id
+    from datetime import timedelta
+
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    # The process group the Trainer would start anyway, with TrainingArguments' default ddp_timeout.
+    PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=1800))
+    box = [JobStore(data_dir).create(cfg).id if is_main_process() else None]
+    return broadcast_object_list(box, from_process=0)[0]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     reporter = None
@@ -69,12 +89,12 @@ def main(argv=None) -> int:
 
             print_check(cfg, data_dir)
             return 0
-        from .jobs import JobReporter, JobStore, latest_checkpoint
+        from .job_store import JobReporter, latest_checkpoint
         from .trainer import train
 
+        if args.job_id is None:  # headless
+            args.job_id = register_headless(cfg, data_dir)
         if is_main_process():
-            if args.job_id is None:  # headless: register the job so the app lists it too
-                args.job_id = JobStore(data_dir).create(cfg).id
             reporter = JobReporter(data_dir, args.job_id)
             reporter.running()
         job_folder = data_dir / "jobs" / args.job_id if args.job_id else None

@@ -1,4 +1,4 @@
-"""Training jobs: state in DATA/jobs.sqlite, files in DATA/jobs/<id>/, and the background runner.
+"""Training jobs: the background runner and the command line it runs; state lives in `job_store`.
 
 As in LLaMA-Factory's runner, the UI only builds a TrainConfig and runs the very command line a user
 could type (`accelerate launch ... -m training --config job.yaml ...`), and shows it. The trainer
@@ -6,156 +6,39 @@ process reports through `JobReporter`; the runner watches the process, enforces 
 records how it ended. Jobs run in their own session, so restarting the app loses nothing: `start()`
 re-attaches to jobs still alive and marks the dead ones failed.
 
-A job's folder holds job.yaml (the TrainConfig), train.log (stdout+stderr), metrics.jsonl (one JSON
-object per log event), progress.json (latest progress, replaced atomically), checkpoints/ (Trainer
-checkpoints, `checkpoint-<step>`) and CANCEL (a flag the trainer checks every step).
 Resuming: the new job's config carries extra["resume_from"] = the old job's checkpoints folder,
 and its command line gets --resume.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
-import secrets
 import shlex
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from contextlib import closing
-from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import psutil
-
 from models.config import ArenaError
-from models.jsonl import atomic_write_text
 from training.config import TrainConfig
+
+# The store's names are re-exported: callers import them from here as well as from job_store.
+from .job_store import (ACTIVE, DIED, FINAL, STATUSES, CommandBuilder, Job, JobFiles, JobReporter,  # noqa: F401
+                        JobStore, died_reason, last_error_line, latest_checkpoint, process_alive,
+                        process_create_time, read_json_lines, tail_lines, utc_now_iso)
 
 log = logging.getLogger(__name__)
 
-JOBS_FILENAME = "jobs.sqlite"
-SCHEMA_VERSION = 1
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-ACTIVE = ("queued", "running")
-FINAL = ("succeeded", "failed", "cancelled")
 REPO_ROOT = Path(__file__).resolve().parent.parent  # holds the `training` package: the command's cwd
-BUSY_TIMEOUT_S = 30.0
-LOG_TAIL_LINES = 40
-DIED = "the training process died (killed or out of memory?); see the log"
 NO_ADAPTER = "process exited without saving the adapter"
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")  # transformers' checkpoint folder names
-ERROR_PATTERNS = (  # most telling first: our one-line errors, then the last line of a traceback
-    re.compile(r"^error:", re.IGNORECASE),
-    re.compile(r"^[\w.]*(Error|Exception)\b"),
-    re.compile(r"No module named|CUDA out of memory|^Killed\b"),
-)
-LAUNCHER_NOISE = "CalledProcessError"  # accelerate re-raises after the trainer fails: it says nothing new
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
-    config TEXT NOT NULL, command TEXT NOT NULL, pid INTEGER, pid_started REAL,
-    created TEXT NOT NULL, started TEXT, finished TEXT, error TEXT, log_tail TEXT, resume_of TEXT, adapter_path TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
-"""
-
-
-@dataclass
-class Job:
-    """One training run. `pid` is the process the runner started (the leader of the job's process
-    group); `pid_started` its create time, so a pid the OS reused for another program is not mistaken."""
-
-    id: str
-    name: str
-    status: str
-    config: dict
-    command: list[str] = field(default_factory=list)
-    pid: int | None = None
-    pid_started: float | None = None
-    created: str = ""
-    started: str | None = None
-    finished: str | None = None
-    error: str | None = None
-    log_tail: str | None = None
-    resume_of: str | None = None
-    adapter_path: str | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.status in ACTIVE
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig.from_dict(self.config, where=f"job {self.id}")
-
-
-COLUMNS = tuple(f.name for f in fields(Job))
-JSON_COLUMNS = ("config", "command")
-CommandBuilder = Callable[[Job, Path], list]
-
-
-@dataclass(frozen=True)
-class JobFiles:
-    """Where one job's files live (see the module docstring)."""
-
-    folder: Path
-    config: Path
-    log: Path
-    metrics: Path
-    progress: Path
-    checkpoints: Path
-    cancel_flag: Path
-
-    @classmethod
-    def of(cls, data_dir: str | Path, job_id: str) -> "JobFiles":
-        folder = Path(data_dir) / "jobs" / job_id
-        return cls(folder, folder / "job.yaml", folder / "train.log", folder / "metrics.jsonl",
-                   folder / "progress.json", folder / "checkpoints", folder / "CANCEL")
 
 
 # ----- small helpers ------------------------------------------------------------------------------
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def new_job_id() -> str:
-    """Sorts by creation time; the random tail keeps two jobs of the same second apart."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-def one_line(text, limit: int = 500) -> str:
-    return " ".join(str(text).split())[:limit]
-
-
-def process_create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-def process_alive(pid: int | None, started: float | None) -> bool:
-    """Alive and the same process: an exited one awaiting its parent (zombie) or a reused pid is not."""
-    if not pid:
-        return False
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return started is None or abs(process.create_time() - started) < 0.05
-    except psutil.Error:
-        return False
-
 
 def own_group(pid: int) -> int | None:
     """The process group `pid` leads (as the runner starts jobs: a session of their own), else None."""
@@ -177,50 +60,6 @@ def send_signal(pid: int, group: int | None, sig: int) -> None:
         pass
 
 
-def latest_checkpoint(folder: str | Path) -> Path | None:
-    """The newest `checkpoint-<step>` folder inside `folder`, or None."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))]
-    return max(found)[1] if found else None
-
-
-def tail_lines(path: Path, lines: int = LOG_TAIL_LINES, max_bytes: int = 64 * 1024) -> list[str]:
-    """The last lines of a log without reading all of it; a progress bar's \\r redraws keep their last state."""
-    try:
-        with open(path, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - max_bytes))
-            text = handle.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return []
-    rows = text.split("\n")[1 if size > max_bytes else 0:]  # the first row may be cut
-    rows = [next((s for s in reversed(row.split("\r")) if s.strip()), "") for row in rows]
-    while rows and not rows[-1].strip():
-        rows.pop()
-    return rows[-lines:]
-
-
-def last_error_line(lines: list[str]) -> str | None:
-    """The line that best says why a run failed: the last `error:` line, else the last exception line."""
-    for pattern in ERROR_PATTERNS:
-        for line in reversed(lines):
-            if pattern.search(line.strip()) and LAUNCHER_NOISE not in line:
-                return one_line(line.strip())
-    return None
-
-
-def died_reason(lines: list[str]) -> str:
-    text = "\n".join(lines)
-    if "CUDA out of memory" in text or "OutOfMemoryError" in text:
-        return f"{DIED} — it shows CUDA out of memory"
-    if re.search(r"^Killed\b|SIGKILL", text, re.MULTILINE):
-        return f"{DIED} — it shows the process was killed"
-    error = last_error_line(lines)
-    return f"{DIED} — last error: {error}" if error else DIED
-
-
 def exit_reason(returncode: int, lines: list[str]) -> str:
     """Why a process ended with a non-zero code; a signal (here or under accelerate) means it died."""
     if returncode < 0 or any("died with <Signals." in line for line in lines[-5:]):
@@ -228,30 +67,15 @@ def exit_reason(returncode: int, lines: list[str]) -> str:
     return last_error_line(lines) or f"the training process exited with code {returncode}; see the log"
 
 
-def read_json_lines(path: Path) -> list[dict]:
-    """Every complete record; a line still being written (or torn by a kill) is skipped."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return []
-    records = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 # ----- the command line ---------------------------------------------------------------------------
 
 def job_command(job: Job, data_dir: str | Path, num_processes: int = 1) -> list[str]:
     """What runs a job: `accelerate launch` running the `training` module (`-m` after its options).
     Mixed precision is "no" here because the trainer chooses its own dtype (bf16 on CUDA)."""
+    # Without --multi_gpu, accelerate quietly runs one process; with it, CPUs use torchrun over gloo.
+    several = ["--multi_gpu"] if num_processes > 1 else []
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               *several, "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "-m", "training", "--config", str(JobFiles.of(data_dir, job.id).config),
                "--job-id", job.id, "--data-dir", str(data_dir)]
     return command + ["--resume"] if job.resume_of else command
@@ -262,200 +86,6 @@ def shell_command(command: list[str]) -> str:
     if command[1:3] == ["-m", "accelerate.commands.launch"]:
         return "accelerate launch " + shlex.join(command[3:])
     return shlex.join(command)
-
-
-# ----- the store ----------------------------------------------------------------------------------
-
-class JobStore:
-    """Jobs in SQLite, shared by the app and trainer processes: a connection per operation, WAL mode."""
-
-    def __init__(self, data_dir: str | Path):
-        self.data_dir = Path(data_dir).expanduser().resolve()  # absolute: the command runs in the repo root
-        self.path = self.data_dir / JOBS_FILENAME
-        try:
-            (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ArenaError(f"cannot create jobs folder in {self.data_dir}: {exc.strerror}") from None
-        self._migrate()
-
-    def files(self, job_id: str) -> JobFiles:
-        return JobFiles.of(self.data_dir, job_id)
-
-    def create(self, config: TrainConfig, resume_of: str | None = None,
-               command_builder: CommandBuilder = job_command) -> Job:
-        """A queued job: its folder and job.yaml are written before it is visible to the scheduler."""
-        config.validate()
-        job = Job(id=new_job_id(), name=config.name, status="queued", config=config.to_dict(),
-                  created=utc_now_iso(), resume_of=resume_of)
-        files = self.files(job.id)
-        files.checkpoints.mkdir(parents=True)
-        config.save(files.config)
-        job.command = [str(part) for part in command_builder(job, self.data_dir)]
-        values = [self._encode(name, getattr(job, name)) for name in COLUMNS]
-        with self._connect() as conn, conn:
-            conn.execute(f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", values)
-        return job
-
-    def get(self, job_id: str) -> Job:
-        with self._connect() as conn:
-            row = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise ArenaError(f"no training job '{job_id}'")
-        return self._decode(row)
-
-    def list(self, limit: int = 100) -> list[Job]:
-        """Newest first."""
-        return self._select("1 = 1 ORDER BY seq DESC LIMIT ?", (limit,))
-
-    def with_status(self, *statuses: str) -> list[Job]:
-        """Oldest first (the order queued jobs start in)."""
-        return self._select(f"status IN ({', '.join('?' * len(statuses))}) ORDER BY seq", statuses)
-
-    def update(self, job_id: str, **changes) -> Job:
-        unknown = set(changes) - set(COLUMNS[1:])
-        if unknown:
-            raise ArenaError(f"job: cannot set {', '.join(sorted(unknown))}")
-        if changes.get("status", "queued") not in STATUSES:
-            raise ArenaError(f"job: status must be one of {', '.join(STATUSES)}")
-        if changes and not self._transition(job_id, STATUSES, **changes):
-            raise ArenaError(f"no training job '{job_id}'")
-        return self.get(job_id)
-
-    def claim(self, job_id: str) -> bool:
-        """queued -> running, unless it was cancelled first: the scheduler's check-and-set."""
-        return self._transition(job_id, ("queued",), status="running", started=utc_now_iso())
-
-    def mark_running(self, job_id: str, pid: int, pid_started: float | None) -> None:
-        """Record the job's process; a job that already ended (a very quick trainer) keeps its status."""
-        with self._connect() as conn, conn:
-            conn.execute("UPDATE jobs SET pid = ?, pid_started = ?, started = COALESCE(started, ?), "
-                         "status = CASE WHEN status IN ('queued', 'running') THEN 'running' ELSE status END "
-                         "WHERE id = ?", (pid, pid_started, utc_now_iso(), job_id))
-
-    def finish(self, job_id: str, status: str, error: str | None = None, *, from_statuses=ACTIVE) -> bool:
-        """End a job once: the first report wins and a later one changes nothing (returns False)."""
-        if status not in FINAL:
-            raise ArenaError(f"job: a job ends as one of {', '.join(FINAL)}, not {status!r}")
-        return self._transition(job_id, from_statuses, status=status, error=one_line(error) if error else None,
-                                finished=utc_now_iso(), log_tail=self.read_log_tail(job_id))
-
-    def reconcile(self) -> list[str]:
-        """Jobs marked running whose process is gone become failed, never left 'running'; returns their ids.
-        Meant for start-up, before this app launches anything (a job being launched has no pid yet)."""
-        dead = []
-        for job in self.with_status("running"):
-            if not process_alive(job.pid, job.pid_started):
-                reason = died_reason(tail_lines(self.files(job.id).log))
-                if self.finish(job.id, "failed", reason, from_statuses=("running",)):
-                    dead.append(job.id)
-        return dead
-
-    # progress, for the UI
-
-    def read_metrics(self, job_id: str) -> list[dict]:
-        return read_json_lines(self.files(job_id).metrics)
-
-    def read_progress(self, job_id: str) -> dict | None:
-        try:
-            return json.loads(self.files(job_id).progress.read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            return None
-
-    def read_log_tail(self, job_id: str, lines: int = LOG_TAIL_LINES) -> str:
-        return "\n".join(tail_lines(self.files(job_id).log, lines))
-
-    # internals
-
-    def _select(self, where: str, params) -> list[Job]:
-        with self._connect() as conn:
-            rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE {where}", tuple(params)).fetchall()
-        return [self._decode(row) for row in rows]
-
-    def _transition(self, job_id: str, from_statuses, **changes) -> bool:
-        sets = ", ".join(f"{name} = ?" for name in changes)
-        values = [self._encode(name, value) for name, value in changes.items()]
-        marks = ", ".join("?" * len(from_statuses))
-        with self._connect() as conn, conn:
-            cursor = conn.execute(f"UPDATE jobs SET {sets} WHERE id = ? AND status IN ({marks})",
-                                  (*values, job_id, *from_statuses))
-        return cursor.rowcount == 1
-
-    @staticmethod
-    def _encode(name: str, value):
-        return json.dumps(value, ensure_ascii=False) if name in JSON_COLUMNS else value
-
-    def _decode(self, row: tuple) -> Job:
-        record = dict(zip(COLUMNS, row))
-        for name in JSON_COLUMNS:
-            try:
-                record[name] = json.loads(record[name])
-            except ValueError:
-                raise ArenaError(f"{self.path}: job {record['id']} has unreadable {name}") from None
-        return Job(**record)
-
-    def _connect(self) -> closing[sqlite3.Connection]:
-        try:
-            return closing(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S))
-        except sqlite3.Error as exc:
-            raise ArenaError(f"cannot open job store {self.path}: {exc}") from None
-
-    def _migrate(self) -> None:
-        """Create the table on first use; refuse a file from a newer schema or not SQLite at all."""
-        try:
-            with self._connect() as conn:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise ArenaError(f"{self.path}: job store has schema version {version}, "
-                                     f"this program reads up to {SCHEMA_VERSION}; upgrade LoRA Arena")
-                conn.execute("PRAGMA journal_mode=WAL")
-                if version < SCHEMA_VERSION:
-                    with conn:
-                        conn.executescript(SCHEMA)
-                        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except sqlite3.DatabaseError as exc:
-            raise ArenaError(f"{self.path}: not a usable job store ({exc})") from None
-
-
-# ----- the trainer's side -------------------------------------------------------------------------
-
-class JobReporter:
-    """What the trainer process calls (on the main process only) to report back to the app."""
-
-    def __init__(self, data_dir: str | Path, job_id: str):
-        self.store = JobStore(data_dir)
-        self.job_id = job_id
-        self.files = self.store.files(job_id)
-        self.job = self.store.get(job_id)  # an unknown id fails here, before any training
-
-    def running(self, pid: int | None = None) -> None:
-        """The trainer is up. The runner already recorded its launcher (the process group it watches);
-        a job run by hand has no pid yet, so this process becomes the one to watch."""
-        if self.store.get(self.job_id).pid is None:
-            pid = pid or os.getpid()
-            self.store.mark_running(self.job_id, pid, process_create_time(pid))
-
-    def progress(self, values: dict) -> None:
-        atomic_write_text(self.files.progress, json.dumps({"time": time.time(), **values}, default=str))
-
-    def metric(self, values: dict) -> None:
-        """One whole line per write, so a reader sees at most a torn last line."""
-        line = json.dumps({"time": time.time(), **values}, ensure_ascii=False, default=str) + "\n"
-        with open(self.files.metrics, "a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-
-    def cancel_requested(self) -> bool:
-        return self.files.cancel_flag.exists()
-
-    def succeeded(self, adapter_path: str | Path) -> None:
-        self.store.update(self.job_id, adapter_path=str(adapter_path))
-        self.store.finish(self.job_id, "succeeded")
-
-    def cancelled(self) -> None:
-        self.store.finish(self.job_id, "cancelled")
-
-    def failed(self, error: str) -> None:
-        self.store.finish(self.job_id, "failed", error)
 
 
 # ----- the runner ---------------------------------------------------------------------------------
