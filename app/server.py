@@ -7,6 +7,7 @@ import sys
 
 import gradio as gr
 
+from evaluation.tasks import EvalTasks
 from evaluation.votes import VoteStore
 from models import ArenaError, Engine, EngineConfig
 from models.cli import add_engine_args, engine_config_from_args
@@ -17,6 +18,7 @@ from .arena_tab import ArenaTab
 from .compare_tab import CompareTab
 from .leaderboard_tab import LeaderboardTab
 from .models_tab import ModelsTab
+from .evaluate_tab import EvaluateTab
 from .settings import AppContext, AppSettings
 from .training_tab import TrainingTab
 from .widgets import session_of
@@ -35,7 +37,8 @@ def make_context(engine: Engine, settings: AppSettings) -> AppContext:
     if jobs is not None:
         jobs.start()  # re-attaches to jobs still running from before a restart
     return AppContext(engine=engine, settings=settings,
-                      votes=VoteStore(engine.config.data_dir / "votes.sqlite"), search=search, jobs=jobs)
+                      votes=VoteStore(engine.config.data_dir / "votes.sqlite"), search=search, jobs=jobs,
+                      evals=EvalTasks(engine, engine.config.data_dir))
 
 
 def _serve_new_adapter(engine: Engine):
@@ -59,6 +62,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             ArenaTab(ctx).build()
             LeaderboardTab(ctx).build()
             TrainingTab(ctx, tabs, compare).build()
+            EvaluateTab(ctx).build()
             ModelsTab(ctx).build()
         demo.unload(_closer(ctx))
     return demo

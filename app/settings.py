@@ -74,4 +74,5 @@ class AppContext:
     votes: object  # evaluation.votes.VoteStore
     search: object | None  # models.search.WebSearch, None when search is off
     jobs: object | None = None  # training.jobs.JobRunner; None in public mode
+    evals: object | None = None  # evaluation.tasks.EvalTasks
     cancels: SessionCancels = field(default_factory=SessionCancels)

@@ -1,0 +1,158 @@
+"""Evaluate tab: run base and adapters over a suite in the background, read and download the report;
+and make an instruction dataset with a teacher model."""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from evaluation.runner import EvalConfig
+from models import ArenaError
+
+from .settings import AppContext
+from .widgets import user_errors
+
+SUITES = Path(__file__).resolve().parent.parent / "evaluation" / "suites"
+TEMPLATES = ["review_replies", "qa_pairs", "instruction"]
+
+
+class EvaluateTab:
+    def __init__(self, ctx: AppContext):
+        self.ctx = ctx
+        self.uploads = ctx.engine.config.data_dir / "uploads"
+
+    def build(self) -> gr.Tab:
+        variants = self.ctx.engine.variants()
+        with gr.Tab("Evaluate", id="evaluate") as self.tab:
+            gr.Markdown("Score the base and adapters on a test suite: per category with 95% intervals, each adapter "
+                        "against the base with a significance test, and every answer side by side.")
+            with gr.Row():
+                self.suite = gr.Dropdown(self._suites(), value=self._suites()[0], label="Suite", scale=3,
+                                         allow_custom_value=True, elem_id="eval-suite")
+                self.upload = gr.File(label="…or upload a suite (.jsonl)", file_types=[".jsonl"], scale=2)
+            with gr.Row():
+                self.variants = gr.CheckboxGroup(variants, value=variants[:2], label="Variants", elem_id="eval-variants")
+                self.judge = gr.Dropdown(["none"] + variants, value="none", allow_custom_value=True, scale=2,
+                                         label="Judge (a variant, or an OpenAI-compatible URL)")
+            with gr.Row():
+                self.max_new_tokens = gr.Slider(16, 1024, value=128, step=16, label="Max new tokens")
+                self.limit = gr.Number(value=20, precision=0, label="Only the first N cases (0 = all)")
+                self.run = gr.Button("Run evaluation", variant="primary", elem_id="eval-run")
+                self.stop = gr.Button("Stop")
+            self.status = gr.Markdown(elem_id="eval-status")
+            self.chart = gr.Image(label="Cases passed per category", type="filepath", interactive=False)
+            self.report = gr.HTML(elem_id="eval-report")
+            self.files = gr.File(label="Download", file_count="multiple", interactive=False)
+            self.task = gr.State(None)
+            self.timer = gr.Timer(1.5)
+            self._generate_panel()
+        self._wire()
+        return self.tab
+
+    def _generate_panel(self) -> None:
+        with gr.Accordion("Generate data with a teacher model", open=False):
+            gr.Markdown("From raw texts (CSV/JSONL column or a text file, one per line) ask a teacher for JSON, "
+                        "repair and validate it, drop near-duplicates, and write a dataset the Training tab accepts.")
+            with gr.Row():
+                self.gen_input = gr.File(label="Raw texts", file_types=[".csv", ".jsonl", ".txt"])
+                self.gen_field = gr.Textbox(value="text", label="Field")
+                self.gen_template = gr.Dropdown(TEMPLATES, value="qa_pairs", label="Template", allow_custom_value=True)
+                self.gen_teacher = gr.Dropdown(self.ctx.engine.variants(), value="base", allow_custom_value=True,
+                                               label="Teacher (variant or URL)")
+                self.gen_output = gr.Textbox(value="generated.json", label="Output name")
+            self.gen_run = gr.Button("Generate")
+            self.gen_status = gr.Markdown()
+
+    def _wire(self) -> None:
+        inputs = [self.suite, self.variants, self.judge, self.max_new_tokens, self.limit]
+        self.upload.upload(self._store_suite, self.upload, self.suite, api_name="eval_upload")
+        self.run.click(self._start, inputs, [self.task, self.status], api_name="eval_run")
+        self.stop.click(self._stop, self.task, self.status, api_name="eval_stop")
+        shown = [self.status, self.chart, self.report, self.files]
+        self.timer.tick(self._watch, self.task, shown, api_visibility="private", show_progress="hidden")
+        self.tab.select(self._refresh_variants, None, [self.variants, self.judge, self.gen_teacher],
+                        api_visibility="private")
+        self.gen_run.click(self._generate, [self.gen_input, self.gen_field, self.gen_template, self.gen_teacher,
+                                            self.gen_output], self.gen_status, api_name="generate_data")
+
+    def _suites(self) -> list[str]:
+        uploaded = sorted(self.uploads.glob("*.jsonl")) if self.uploads.is_dir() else []
+        return [str(p) for p in sorted(SUITES.glob("*.jsonl"))] + [str(p) for p in uploaded]
+
+    def _refresh_variants(self):
+        variants = self.ctx.engine.variants()
+        return (gr.CheckboxGroup(choices=variants), gr.Dropdown(choices=["none"] + variants),
+                gr.Dropdown(choices=variants))
+
+    @user_errors
+    def _store_suite(self, file):
+        return gr.Dropdown(choices=self._suites() + [], value=str(self._keep_upload(file)))
+
+    def _keep_upload(self, file) -> Path:
+        source = Path(file if isinstance(file, str) else file.name)
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        target = self.uploads / source.name
+        tmp = target.with_name(f".{target.name}.{time.time_ns()}")
+        shutil.copyfile(source, tmp)
+        tmp.replace(target)
+        return target
+
+    @user_errors
+    def _start(self, suite, variants, judge, max_new_tokens, limit):
+        if not suite:
+            raise ArenaError("pick a suite first")
+        if not variants:
+            raise ArenaError("tick at least one variant")
+        judge_spec = None if judge in (None, "", "none") else judge
+        config = EvalConfig(suite=suite, variants=list(variants), judge=judge_spec,
+                            max_new_tokens=int(max_new_tokens), limit=int(limit) or None)
+        judge_obj = self._judge(judge_spec)
+        task = self.ctx.evals.start(config, judge_obj)
+        return task.id, f"Started **{task.id}** on {Path(suite).name} with {', '.join(variants)}."
+
+    def _judge(self, spec):
+        if spec is None:
+            return None
+        from evaluation.judge import judge_from_spec
+
+        return judge_from_spec(spec, self.ctx.engine)
+
+    def _stop(self, task_id):
+        task = self.ctx.evals.get(task_id) if task_id else None
+        if task is None:
+            return "Nothing is running."
+        task.cancel.set()
+        return f"Stopping **{task.id}** after the current case; the report covers what was done."
+
+    def _watch(self, task_id):
+        task = self.ctx.evals.get(task_id) if task_id else None
+        if task is None:
+            return gr.update(), gr.update(), gr.update(), gr.update()
+        p = task.progress
+        if task.status == "running":
+            return f"**{task.id}** running: {p.done}/{p.total} cases ({p.message})", gr.update(), gr.update(), gr.update()
+        if task.status == "failed":
+            return f"**{task.id}** failed: {task.error}", None, "", None
+        paths = task.paths
+        report = Path(paths["html"]).read_text(encoding="utf-8")
+        files = [str(paths["markdown"]), str(paths["chart"]), str(task.run.run_dir / "answers.jsonl")]
+        return (f"**{task.id}** {task.status}: {p.done}/{p.total} cases in {task.run.seconds:.0f} s.",
+                str(paths["chart"]), report, files)
+
+    @user_errors
+    def _generate(self, file, field_name, template, teacher, output_name):
+        if file is None:
+            raise ArenaError("upload a file of raw texts first")
+        from evaluation.generate_data import generate_data
+        from evaluation.judge import judge_from_spec
+
+        source = self._keep_upload(file)
+        name = Path(output_name or "generated.json").name
+        output = self.ctx.engine.config.data_dir / "datasets" / (name if name.endswith(".json") else name + ".json")
+        report = generate_data(str(source), field_name or "text", template, judge_from_spec(teacher, self.ctx.engine),
+                               str(output), progress=False)
+        summary = report.summary() if hasattr(report, "summary") else str(report)
+        return f"{summary}\n\nWritten to `{output}`: pick it in the Training tab."

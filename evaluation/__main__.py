@@ -1,0 +1,112 @@
+"""`python -m evaluation`: before/after evaluation runs and teacher-made datasets.
+
+    python -m evaluation run --suite evaluation/suites/starter.jsonl --variants base,ahoy --report report.md
+    python -m evaluation run --suite evaluation/suites/mt_bench.jsonl --variants base,ahoy --judge base
+    python -m evaluation generate-data --input reviews.csv --field text --template review_replies \\
+        --teacher http://localhost:8000/v1?model=qwen --output replies.json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from models import ArenaError, Engine  # noqa: E402
+from models.cli import add_engine_args, engine_config_from_args  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run variants over a suite and write a report")
+    run.add_argument("--suite", required=True, help="JSONL suite (see evaluation/suites/)")
+    run.add_argument("--variants", default="base", help="comma-separated: base and adapter names")
+    run.add_argument("--judge", default=None, help="a variant name or an OpenAI-compatible URL (http://host/v1?model=NAME)")
+    run.add_argument("--report", default=None, help="Markdown report path (default: in the run folder)")
+    run.add_argument("--max-new-tokens", type=int, default=256)
+    run.add_argument("--limit", type=int, default=None, help="only the first N cases")
+    run.add_argument("--categories", default=None, help="comma-separated categories to run")
+    add_engine_args(run)
+    gen = commands.add_parser("generate-data", help="make an instruction dataset with a teacher model")
+    gen.add_argument("--input", required=True, help="CSV, JSONL or text file of raw texts")
+    gen.add_argument("--field", default="text", help="the column or key holding the text")
+    gen.add_argument("--template", default="qa_pairs", help="review_replies, qa_pairs, instruction, or a template file")
+    gen.add_argument("--teacher", required=True, help="a variant name or an OpenAI-compatible URL")
+    gen.add_argument("--output", required=True, help="JSON file in alpaca format, for the Training tab")
+    gen.add_argument("--max-retries", type=int, default=2)
+    gen.add_argument("--limit", type=int, default=None)
+    add_engine_args(gen)
+    return parser.parse_args(argv)
+
+
+def command_run(args, engine: Engine) -> None:
+    from .judge import judge_from_spec
+    from .report import write_report
+    from .runner import EvalConfig, run_evaluation
+
+    cfg = EvalConfig(suite=args.suite, variants=[v.strip() for v in args.variants.split(",") if v.strip()],
+                     judge=args.judge, max_new_tokens=args.max_new_tokens, limit=args.limit,
+                     categories=args.categories.split(",") if args.categories else None)
+    judge = judge_from_spec(args.judge, engine) if args.judge else None
+    run = run_with_progress_bar(engine, cfg, judge)
+    paths = write_report(run, args.report)
+    print(open(paths["markdown"], encoding="utf-8").read().split("## Per case")[0])
+    print(f"report: {paths['markdown']} (and {paths['html'].name}, {paths['chart'].name}); answers: {run.run_dir / 'answers.jsonl'}")
+
+
+def run_with_progress_bar(engine, cfg, judge):
+    from tqdm import tqdm
+
+    from .runner import Progress, run_evaluation
+
+    progress, result = Progress(), {}
+    worker = threading.Thread(target=lambda: result.update(run=_capture(run_evaluation, engine, cfg,
+                                                                        engine.config.data_dir, judge, progress)))
+    worker.start()
+    with tqdm(total=0, unit="case", file=sys.stderr, desc="evaluating") as bar:
+        while worker.is_alive():
+            worker.join(0.5)
+            bar.total = progress.total
+            bar.n = progress.done
+            bar.refresh()
+    outcome = result["run"]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def _capture(fn, *args):
+    try:
+        return fn(*args)
+    except BaseException as exc:  # re-raised in the main thread
+        return exc
+
+
+def command_generate(args, engine: Engine) -> None:
+    from .generate_data import generate_data
+    from .judge import judge_from_spec
+
+    report = generate_data(args.input, args.field, args.template, judge_from_spec(args.teacher, engine),
+                           args.output, max_retries=args.max_retries, limit=args.limit)
+    print(report.summary() if hasattr(report, "summary") else report)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        engine = Engine.load(engine_config_from_args(args))
+        {"run": command_run, "generate-data": command_generate}[args.command](args, engine)
+    except ArenaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: stored answers are reused when you run it again", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

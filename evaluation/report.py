@@ -1,0 +1,198 @@
+"""The before/after report: scores per category with 95% bootstrap intervals, paired tests against
+the base, a per-case table and a grouped bar chart, as Markdown, HTML and PNG.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from models.jsonl import atomic_write_text
+
+ROUNDS = 1000
+ALPHA = 0.05
+
+
+def scored(results) -> pd.DataFrame:
+    """One row per (case, variant) that could be decided: passed as 0/1."""
+    rows = [{"case": r.case_id, "category": r.category, "variant": r.variant, "passed": float(r.passed)}
+            for r in results if r.passed is not None]
+    return pd.DataFrame(rows, columns=["case", "category", "variant", "passed"])
+
+
+def bootstrap_interval(values: np.ndarray, rounds: int = ROUNDS, seed: int = 0) -> tuple[float, float]:
+    if len(values) == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(rounds, len(values)), replace=True).mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def category_scores(results, variants: list[str]) -> pd.DataFrame:
+    """Pass rate per category and variant (and 'overall') with a 95% bootstrap interval over cases."""
+    frame = scored(results)
+    rows = []
+    for category in sorted(frame["category"].unique()) + ["overall"]:
+        part = frame if category == "overall" else frame[frame["category"] == category]
+        for variant in variants:
+            values = part[part["variant"] == variant]["passed"].to_numpy()
+            low, high = bootstrap_interval(values)
+            rows.append({"category": category, "variant": variant, "cases": len(values),
+                         "score": float(values.mean()) if len(values) else math.nan, "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar test on the discordant pairs (b: only the base passed, c: only the adapter)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def verdict(diff: float, p: float) -> str:
+    if math.isnan(diff):
+        return "no paired cases"
+    if p < ALPHA:
+        return f"significantly {'better' if diff > 0 else 'worse'} ({diff * 100:+.1f} points, p={p:.3f})"
+    return f"no significant change ({diff * 100:+.1f} points, p={p:.2f})"
+
+
+def paired_differences(results, variants: list[str], base: str = "base") -> pd.DataFrame:
+    """Each adapter against the base on the same cases: paired bootstrap interval and McNemar's test."""
+    frame = scored(results)
+    if base not in variants:
+        return pd.DataFrame()
+    wide = frame.pivot_table(index=["case", "category"], columns="variant", values="passed").reset_index()
+    rows = []
+    for adapter in [v for v in variants if v != base]:
+        if adapter not in wide:
+            continue
+        for category in sorted(wide["category"].unique()) + ["overall"]:
+            part = wide if category == "overall" else wide[wide["category"] == category]
+            pairs = part[[base, adapter]].dropna()
+            diffs = (pairs[adapter] - pairs[base]).to_numpy()
+            b = int(((pairs[base] == 1) & (pairs[adapter] == 0)).sum())
+            c = int(((pairs[base] == 0) & (pairs[adapter] == 1)).sum())
+            low, high = bootstrap_interval(diffs)
+            diff = float(diffs.mean()) if len(diffs) else math.nan
+            p = mcnemar_exact(b, c)
+            rows.append({"adapter": adapter, "category": category, "pairs": len(diffs), "difference": diff,
+                         "ci_low": low, "ci_high": high, "only_base_passed": b, "only_adapter_passed": c,
+                         "p_value": p, "verdict": verdict(diff, p)})
+    return pd.DataFrame(rows)
+
+
+def bar_chart(scores: pd.DataFrame, path: Path, title: str) -> Path:
+    """Grouped bars: categories along x, one bar per variant, with the 95% interval as error bars."""
+    categories = list(dict.fromkeys(scores["category"]))
+    variants = list(dict.fromkeys(scores["variant"]))
+    figure = Figure(figsize=(max(6, 1.2 * len(categories) * max(1, len(variants)) / 2), 4.5))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    width = 0.8 / max(1, len(variants))
+    for i, variant in enumerate(variants):
+        part = scores[scores["variant"] == variant].set_index("category").reindex(categories)
+        x = np.arange(len(categories)) + (i - (len(variants) - 1) / 2) * width
+        errors = np.array([(part["score"] - part["ci_low"]).clip(lower=0), (part["ci_high"] - part["score"]).clip(lower=0)])
+        axes.bar(x, part["score"] * 100, width, yerr=np.nan_to_num(errors) * 100, capsize=3, label=variant)
+    axes.set_xticks(np.arange(len(categories)), categories, rotation=30, ha="right")
+    axes.set_ylabel("cases passed (%)")
+    axes.set_ylim(0, 105)
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, format="png", dpi=110)
+    tmp.replace(path)
+    return path
+
+
+def short(text: str, limit: int = 90) -> str:
+    text = " ".join((text or "").split())
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.replace("|", "\\|")
+
+
+def percent(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x * 100:.1f}"
+
+
+def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, chart_name: str) -> str:
+    variants = run.config.variants
+    lines = [f"# Evaluation: {run.suite_name}", "",
+             f"Variants: {', '.join(variants)}. Cases: {len({r.case_id for r in run.results})}. "
+             f"Greedy, max {run.config.max_new_tokens} new tokens. {run.seconds:.0f} s."
+             + (" **Cancelled before the end.**" if run.cancelled else ""), ""]
+    if run.problems:
+        lines += [f"{len(run.problems)} malformed case(s) skipped: "
+                  + "; ".join(f"line {n}: {why}" for n, why in run.problems[:10]), ""]
+    if run.judge_graded:
+        lines += [f"Judge: {run.judge_graded} grades, {run.judge_unparsed} unparseable after retries (counted as undecided).", ""]
+    lines += ["## Score per category (% of cases passed, 95% bootstrap interval)", "",
+              "| category | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+    for category in dict.fromkeys(scores["category"]):
+        part = scores[scores["category"] == category].set_index("variant")
+        cells = [f"{percent(part.loc[v, 'score'])} [{percent(part.loc[v, 'ci_low'])}, {percent(part.loc[v, 'ci_high'])}]"
+                 for v in variants]
+        lines.append(f"| {'**overall**' if category == 'overall' else category} (n={int(part['cases'].max())}) | "
+                     + " | ".join(cells) + " |")
+    lines += ["", f"![scores per category]({chart_name})", ""]
+    if not diffs.empty:
+        lines += ["## Each adapter against the base (paired, same cases)", "",
+                  "| adapter | category | difference (points) | 95% interval | McNemar p | verdict |",
+                  "|---|---|---|---|---|---|"]
+        for _, d in diffs.iterrows():
+            lines.append(f"| {d['adapter']} | {d['category']} | {d['difference'] * 100:+.1f} | "
+                         f"[{d['ci_low'] * 100:+.1f}, {d['ci_high'] * 100:+.1f}] | {d['p_value']:.3f} | {d['verdict']} |")
+        lines.append("")
+    lines += per_case_table(run)
+    return "\n".join(lines) + "\n"
+
+
+def per_case_table(run) -> list[str]:
+    variants = run.config.variants
+    by_case: dict[str, dict] = {}
+    for r in run.results:
+        by_case.setdefault(r.case_id, {"category": r.category, "prompt": r.prompt})[r.variant] = r
+    mark = {True: "✓", False: "✗", None: "?"}
+    lines = ["## Per case, before and after", "", "<details><summary>All cases</summary>", "",
+             "| case | category | prompt | " + " | ".join(variants) + " |", "|---" * (len(variants) + 3) + "|"]
+    for case_id, row in by_case.items():
+        cells = []
+        for v in variants:
+            r = row.get(v)
+            cells.append(f"{mark[r.passed]} {short(r.answer or (r.checks[0]['detail'] if r.checks else ''), 70)}" if r else "")
+        lines.append(f"| {case_id} | {row['category']} | {short(row['prompt'], 60)} | " + " | ".join(cells) + " |")
+    return lines + ["", "</details>", ""]
+
+
+def write_report(run, path: Path | None = None) -> dict[str, Path]:
+    """Write report.md, report.html and chart.png (into the run folder, and to `path` if given)."""
+    variants = run.config.variants
+    scores = category_scores(run.results, variants)
+    diffs = paired_differences(run.results, variants)
+    target = Path(path) if path else run.run_dir / "report.md"
+    chart = bar_chart(scores, target.with_suffix(".png"), f"{run.suite_name}: cases passed per category")
+    markdown = markdown_report(run, scores, diffs, chart.name)
+    atomic_write_text(target, markdown)
+    page = to_html(markdown)
+    html_path = target.with_suffix(".html")
+    atomic_write_text(html_path, page)
+    scores.to_csv(target.with_name(target.stem + "-scores.csv"), index=False)
+    return {"markdown": target, "html": html_path, "chart": chart}
+
+
+def to_html(markdown: str) -> str:
+    """Markdown to HTML with the renderer gradio already ships (markdown-it)."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown)
+    return f"<!doctype html><meta charset='utf-8'><title>Evaluation report</title>{body}"
+

@@ -1,0 +1,182 @@
+"""Run variants over a suite: answers batched through the engine, checks, judge grades, stored results.
+
+Every variant answers a case in one `Engine.compare` call (one batched generate). Answers are
+kept in DATA/eval.sqlite and in the run's answers.jsonl; a rerun reuses the answer of an unchanged
+(variant weights, case, sampling parameters).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from models import ArenaError, Engine, SamplingParams
+from models.jsonl import JsonlAppender
+
+from .checks import CheckResult, case_passed, needs_model, run_check, score_choice
+from .store import AnswerStore, fingerprint, variant_fingerprint
+from .suite import Case, load_suite
+
+TOOLS_INSTRUCTION = ("You can call functions. To call one, answer only with JSON like "
+                     '{"name": "function_name", "arguments": {"arg": "value"}}. The functions:\n')
+
+
+@dataclass
+class EvalConfig:
+    suite: str
+    variants: list[str]
+    judge: str | None = None  # a variant name or an OpenAI-compatible URL
+    max_new_tokens: int = 256
+    limit: int | None = None  # the first N cases only
+    categories: list[str] | None = None
+
+    def params(self) -> SamplingParams:
+        return SamplingParams(max_new_tokens=self.max_new_tokens)  # greedy: reproducible answers
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    category: str
+    variant: str
+    prompt: str
+    answer: str
+    passed: bool | None
+    score: float | None
+    checks: list[dict]
+    reused: bool = False
+
+
+@dataclass
+class EvalRun:
+    config: EvalConfig
+    suite_name: str
+    problems: list[tuple[int, str]]
+    results: list[CaseResult] = field(default_factory=list)
+    judge_unparsed: int = 0
+    judge_graded: int = 0
+    run_dir: Path | None = None
+    seconds: float = 0.0
+    cancelled: bool = False
+
+
+class Progress:
+    """Shared with the UI thread: how far a run is."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.total = 0
+        self.message = "starting"
+        self._lock = threading.Lock()
+
+    def update(self, done: int, total: int, message: str) -> None:
+        with self._lock:
+            self.done, self.total, self.message = done, total, message
+
+
+def system_for(case: Case) -> str | None:
+    """The case's system prompt, with its tools spelled out when it has any."""
+    if not case.tools:
+        return case.system
+    tools = TOOLS_INSTRUCTION + "\n".join(json.dumps(t, ensure_ascii=False) for t in case.tools)
+    return f"{case.system}\n\n{tools}" if case.system else tools
+
+
+def select_cases(cases: list[Case], cfg: EvalConfig) -> list[Case]:
+    if cfg.categories:
+        cases = [c for c in cases if c.category in set(cfg.categories)]
+    return cases[: cfg.limit] if cfg.limit else cases
+
+
+def run_evaluation(engine: Engine, cfg: EvalConfig, data_dir: Path, judge=None, progress: Progress | None = None,
+                   cancel: threading.Event | None = None) -> EvalRun:
+    started = time.time()
+    for variant in cfg.variants:
+        engine._adapter_for(variant)  # unknown or failed variants stop the run before any work
+    loaded = load_suite(cfg.suite)
+    cases = select_cases(loaded.cases, cfg)
+    if not cases:
+        raise ArenaError(f"{cfg.suite}: no case to run (check --categories / --limit)")
+    if judge is None and any(needs_model(ch) == "judge" for c in cases for ch in c.checks):
+        raise ArenaError(f"{loaded.name} has judged cases: give a judge (a variant name or an OpenAI-compatible URL)")
+    run = EvalRun(cfg, loaded.name, [(p.line, p.reason) for p in loaded.problems])
+    run.run_dir = Path(data_dir) / "evaluations" / f"{time.strftime('%Y%m%d-%H%M%S')}-{loaded.name}"
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    store = AnswerStore(Path(data_dir) / "eval.sqlite")
+    weights = {v: variant_fingerprint(engine, v) for v in cfg.variants}
+    progress = progress or Progress()
+    with JsonlAppender(run.run_dir / "answers.jsonl") as out:
+        for number, case in enumerate(cases, 1):
+            if cancel is not None and cancel.is_set():
+                run.cancelled = True
+                break
+            progress.update(number - 1, len(cases), f"case {case.id}")
+            for result in evaluate_case(engine, case, cfg, store, weights, judge, run, cancel):
+                run.results.append(result)
+                out.write(asdict(result))
+    progress.update(len(cases), len(cases), "cancelled" if run.cancelled else "done")
+    run.seconds = time.time() - started
+    return run
+
+
+def evaluate_case(engine, case: Case, cfg: EvalConfig, store: AnswerStore, weights: dict, judge, run: EvalRun,
+                  cancel) -> list[CaseResult]:
+    params = cfg.params()
+    system = system_for(case)
+    answers = answers_for(engine, case, cfg.variants, system, params, store, weights, cancel)
+    results = []
+    for variant in cfg.variants:
+        answer, reused = answers[variant]
+        checks = [check_one(engine, variant, case, check, answer, system, judge, run) for check in case.checks]
+        results.append(CaseResult(
+            case_id=str(case.id), category=case.category, variant=variant, prompt=case.messages[-1]["content"],
+            answer=answer, passed=case_passed(checks), score=mean_score(checks),
+            checks=[asdict(c) for c in checks], reused=reused,
+        ))
+    return results
+
+
+def answers_for(engine, case, variants, system, params, store, weights, cancel) -> dict[str, tuple[str, bool]]:
+    """Stored answers where nothing changed; the rest generated together in one batched compare."""
+    if all(needs_model(check) == "choice" for check in case.checks):
+        return {v: ("", False) for v in variants}  # scored by log-likelihood, nothing to generate
+    case_key = fingerprint(case.messages, system, case.tools)
+    keys = {v: fingerprint(weights[v], case_key, params.to_dict()) for v in variants}
+    found = {v: store.get(keys[v]) for v in variants}
+    missing = [v for v in variants if found[v] is None]
+    answers = {v: (found[v][0], True) for v in variants if found[v] is not None}
+    if missing:
+        for answer in engine.compare(missing, case.messages, system=system, params=params, cancel=cancel):
+            store.put(keys[answer.variant], answer.variant, str(case.id), answer.text, answer.stats.to_dict())
+            answers[answer.variant] = (answer.text, False)
+    return answers
+
+
+def check_one(engine, variant, case, check, answer, system, judge, run) -> CheckResult:
+    kind = needs_model(check)
+    if kind == "choice":
+        scored = engine.loglikelihood(variant, case.messages, check["choices"], system=system)
+        return score_choice([c.logprob for c in scored], check["choices"], check["answer"])
+    if kind == "judge":
+        return judge_check(judge, case, check, answer, run)
+    return run_check(check, answer, case)
+
+
+def judge_check(judge, case, check, answer, run: EvalRun) -> CheckResult:
+    from .judge import grade_absolute
+
+    grade = grade_absolute(judge, instruction=case.messages[-1]["content"], response=answer,
+                           rubric=check["rubric"], reference=check.get("reference"))
+    run.judge_graded += 1
+    if not grade.parsed:
+        run.judge_unparsed += 1
+        return CheckResult("judge", None, None, "the judge's verdict could not be parsed")
+    threshold = check.get("threshold", 4)
+    return CheckResult("judge", grade.score >= threshold, (grade.score - 1) / 4, f"{grade.score}/5: {grade.feedback[:300]}")
+
+
+def mean_score(checks: list[CheckResult]) -> float | None:
+    scores = [c.score if c.score is not None else float(c.passed) for c in checks if c.passed is not None]
+    return sum(scores) / len(scores) if scores else None

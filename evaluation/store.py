@@ -1,0 +1,59 @@
+"""Stored evaluation answers: a rerun reuses the answer of an unchanged (variant, case, parameters).
+
+"Unchanged" means the same case content, the same sampling parameters and the same variant
+weights: an adapter retrained under the same name gets a new fingerprint, so its answers are redone.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from contextlib import closing
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+
+def fingerprint(*parts) -> str:
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def variant_fingerprint(engine, variant: str) -> str:
+    """The base's name for 'base'; for an adapter, its weight file's size and time of change."""
+    if variant == "base":
+        return fingerprint(engine.base.name, engine.base.path)
+    info = {a.name: a for a in engine.adapters()}.get(variant)
+    weights = Path(info.path) / "adapter_model.safetensors" if info else None
+    stat = weights.stat() if weights and weights.exists() else None
+    return fingerprint(engine.base.name, variant, stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0)
+
+
+class AnswerStore:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        with closing(self._connect()) as db, db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("""CREATE TABLE IF NOT EXISTS answers (
+                key TEXT PRIMARY KEY, variant TEXT, case_id TEXT, answer TEXT, stats TEXT, created TEXT)""")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=30)
+
+    def get(self, key: str) -> tuple[str, dict] | None:
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT answer, stats FROM answers WHERE key = ?", (key,)).fetchone()
+        return (row[0], json.loads(row[1])) if row else None
+
+    def put(self, key: str, variant: str, case_id: str, answer: str, stats: dict) -> None:
+        with self._lock, closing(self._connect()) as db, db:
+            db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, datetime('now'))",
+                       (key, variant, case_id, answer, json.dumps(stats)))
+
+    def count(self) -> int:
+        with closing(self._connect()) as db:
+            return db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
