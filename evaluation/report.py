@@ -135,6 +135,8 @@ def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, chart_name: 
                   + "; ".join(f"line {n}: {why}" for n, why in run.problems[:10]), ""]
     if run.judge_graded:
         lines += [f"Judge: {run.judge_graded} grades, {run.judge_unparsed} unparseable after retries (counted as undecided).", ""]
+    if run.vote_agreement:
+        lines += [f"Agreement with Arena votes: {run.vote_agreement}.", ""]
     lines += ["## Score per category (% of cases passed, 95% bootstrap interval)", "",
               "| category | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
     for category in dict.fromkeys(scores["category"]):

@@ -57,6 +57,7 @@ class EvalRun:
     results: list[CaseResult] = field(default_factory=list)
     judge_unparsed: int = 0
     judge_graded: int = 0
+    vote_agreement: str = ""  # how often the judge agrees with Arena votes, when there are any
     run_dir: Path | None = None
     seconds: float = 0.0
     cancelled: bool = False
@@ -116,6 +117,9 @@ def run_evaluation(engine: Engine, cfg: EvalConfig, data_dir: Path, judge=None, 
             for result in evaluate_case(engine, case, cfg, store, weights, judge, run, cancel):
                 run.results.append(result)
                 out.write(asdict(result))
+    if judge is not None and not run.cancelled:
+        progress.update(len(cases), len(cases), "judging Arena votes")
+        run.vote_agreement = judge_vote_agreement(judge, Path(data_dir))
     progress.update(len(cases), len(cases), "cancelled" if run.cancelled else "done")
     run.seconds = time.time() - started
     return run
@@ -175,6 +179,25 @@ def judge_check(judge, case, check, answer, run: EvalRun) -> CheckResult:
         return CheckResult("judge", None, None, "the judge's verdict could not be parsed")
     threshold = check.get("threshold", 4)
     return CheckResult("judge", grade.score >= threshold, (grade.score - 1) / 4, f"{grade.score}/5: {grade.feedback[:300]}")
+
+
+def judge_vote_agreement(judge, data_dir: Path, limit: int = 50) -> str:
+    """The judge grades the latest decisive-or-tie Arena votes pairwise; '' when there are no votes."""
+    from .judge import agreement_with_votes, grade_pairwise, vote_prompt
+    from .votes import VoteStore
+
+    path = data_dir / "votes.sqlite"
+    if not path.is_file():
+        return ""
+    votes = [v for v in VoteStore(path).all() if v.mode == "arena"][-limit:]
+    if not votes:
+        return ""
+    verdicts = {}
+    for vote in votes:
+        prompt = vote_prompt(vote.conversation_a)
+        verdicts[(prompt, vote.variant_a, vote.variant_b)] = grade_pairwise(
+            judge, prompt, vote.conversation_a[-1]["content"], vote.conversation_b[-1]["content"])
+    return agreement_with_votes(verdicts, votes).summary()
 
 
 def mean_score(checks: list[CheckResult]) -> float | None:

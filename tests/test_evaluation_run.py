@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from evaluation.judge import EngineJudge
 from evaluation.report import write_report
 from evaluation.runner import EvalConfig, run_evaluation
+from evaluation.votes import Vote, VoteStore
 from models import SamplingParams
 from tests.app_client import call_args
 
@@ -92,12 +93,19 @@ def test_judge_verdicts_that_cannot_be_parsed_are_counted(tiny_engine, tmp_path)
     suite = write_suite(tmp_path / "judged.jsonl", [
         {"id": "j1", "category": "writing", "prompt": "Write a haiku.", "check": {"type": "judge", "rubric": rubric}}])
     cfg = EvalConfig(suite=str(suite), variants=["base", "a1"], max_new_tokens=8)
+    votes = VoteStore(tmp_path / "votes.sqlite")
+    chat = lambda answer: [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": answer}]  # noqa: E731
+    votes.add(Vote("a1", "base", "a", chat("Hello!"), chat("Go away."), mode="arena"))
+    votes.add(Vote("a1", "base", "both_bad", chat("x"), chat("y"), mode="arena"))
     judge = EngineJudge(tiny_engine, "base", SamplingParams(max_new_tokens=16))  # random model: no valid verdict
     run = run_evaluation(tiny_engine, cfg, tmp_path, judge=judge)
     assert run.judge_graded == 2 and run.judge_unparsed == 2
     assert all(r.passed is None for r in run.results)
     report = write_report(run)["markdown"].read_text()
     assert "2 grades, 2 unparseable after retries" in report
+    # Arena votes exist: the judge's agreement with them is reported, unreadable verdicts counted.
+    assert "Agreement with Arena votes: judge agrees with 0 of 0 votes" in report
+    assert "2 with an unreadable verdict" in report
 
 
 def test_cli_run_on_the_starter_suite(tmp_path, tiny_model_path, tiny_adapters):
