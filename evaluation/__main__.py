@@ -36,7 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     gen.add_argument("--template", default="qa_pairs", help="review_replies, qa_pairs, instruction, or a template file")
     gen.add_argument("--teacher", required=True, help="a variant name or an OpenAI-compatible URL")
     gen.add_argument("--output", required=True, help="JSON file in alpaca format, for the Training tab")
-    gen.add_argument("--max-retries", type=int, default=2)
+    gen.add_argument("--max-retries", type=int, default=2, help="re-asks per text after an invalid answer")
+    gen.add_argument("--dedupe-threshold", type=float, default=0.7, help="drop outputs this ROUGE-L close to a kept one")
     gen.add_argument("--limit", type=int, default=None)
     add_engine_args(gen)
     return parser.parse_args(argv)
@@ -90,7 +91,8 @@ def command_generate(args, engine: Engine) -> None:
     from .judge import judge_from_spec
 
     report = generate_data(args.input, args.field, args.template, judge_from_spec(args.teacher, engine),
-                           args.output, max_retries=args.max_retries, limit=args.limit)
+                           args.output, max_retries=args.max_retries, dedupe_threshold=args.dedupe_threshold,
+                           limit=args.limit)
     print(report.summary() if hasattr(report, "summary") else report)
 
 
