@@ -65,6 +65,9 @@ class Engine:
         self._peft = None  # a PeftModel around base.model once the first adapter is loaded
         self._adapters: dict[str, AdapterInfo] = {}
         self._lock = threading.Lock()  # guards _adapters; the device queue guards the model
+        # One registry change at a time: a rescan after a training job and one from the UI must not
+        # both load the same new adapter.
+        self._changing = threading.RLock()
 
     @classmethod
     def load(cls, config: EngineConfig) -> "Engine":
@@ -89,6 +92,10 @@ class Engine:
 
     def rescan(self, load: bool = True) -> list[AdapterInfo]:
         """Read the adapter folders again: load new adapters, forget ones whose folder is gone."""
+        with self._changing:
+            return self._rescan(load)
+
+    def _rescan(self, load: bool) -> list[AdapterInfo]:
         found = {info.name: info for info in registry.scan(self.adapter_dirs)}
         for name, old in list(self._adapters.items()):
             if name not in found or found[name].path != old.path:
@@ -104,6 +111,10 @@ class Engine:
 
     def load_adapter(self, name: str) -> AdapterInfo:
         """Check and load one known adapter; a failure is recorded on it, never raised."""
+        with self._changing:
+            return self._load_adapter(name)
+
+    def _load_adapter(self, name: str) -> AdapterInfo:
         info = self._get(name)
         if info.status == "loaded":
             return info
@@ -124,6 +135,10 @@ class Engine:
 
     def unload_adapter(self, name: str, forget: bool = False) -> None:
         """Free an adapter's memory; it stays listed (as available) unless forget is set."""
+        with self._changing:
+            self._unload_adapter(name, forget)
+
+    def _unload_adapter(self, name: str, forget: bool) -> None:
         info = self._get(name)
         if info.status == "loaded":
             with self.device.hold():
@@ -135,17 +150,19 @@ class Engine:
 
     def reload_adapter(self, name: str) -> AdapterInfo:
         """Load again from disk, e.g. after retraining under the same name."""
-        self.unload_adapter(name)
-        return self.load_adapter(name)
+        with self._changing:
+            self.unload_adapter(name)
+            return self.load_adapter(name)
 
     def delete_adapter(self, name: str) -> Path:
         """Unload and move the folder to the trash folder (recoverable), never rm -rf."""
-        info = self._get(name)
-        self.unload_adapter(name, forget=True)
-        trash = self.config.trash_dir / f"{info.path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(info.path), trash)
-        return trash
+        with self._changing:
+            info = self._get(name)
+            self.unload_adapter(name, forget=True)
+            trash = self.config.trash_dir / f"{info.path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            trash.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(info.path), trash)
+            return trash
 
     def _get(self, name: str) -> AdapterInfo:
         with self._lock:
