@@ -99,6 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own health checks, one line each
     args = parse_args(argv)
     try:
         settings = AppSettings.from_env(host=args.host, port=args.port, public=args.public,
