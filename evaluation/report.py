@@ -135,6 +135,9 @@ def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, chart_name: 
                   + "; ".join(f"line {n}: {why}" for n, why in run.problems[:10]), ""]
     if run.judge_graded:
         lines += [f"Judge: {run.judge_graded} grades, {run.judge_unparsed} unparseable after retries (counted as undecided).", ""]
+    if run.judge_skipped:
+        lines += [f"{run.judge_skipped} judged check(s) not graded: no judge was given (run with --judge to grade them); "
+                  "cases with only judged checks are left out of the scores.", ""]
     if run.vote_agreement:
         lines += [f"Agreement with Arena votes: {run.vote_agreement}.", ""]
     lines += ["## Score per category (% of cases passed, 95% bootstrap interval)", "",

@@ -57,6 +57,7 @@ class EvalRun:
     results: list[CaseResult] = field(default_factory=list)
     judge_unparsed: int = 0
     judge_graded: int = 0
+    judge_skipped: int = 0  # judged checks left undecided because no judge was given
     vote_agreement: str = ""  # how often the judge agrees with Arena votes, when there are any
     run_dir: Path | None = None
     seconds: float = 0.0
@@ -100,8 +101,6 @@ def run_evaluation(engine: Engine, cfg: EvalConfig, data_dir: Path, judge=None, 
     cases = select_cases(loaded.cases, cfg)
     if not cases:
         raise ArenaError(f"{cfg.suite}: no case to run (check --categories / --limit)")
-    if judge is None and any(needs_model(ch) == "judge" for c in cases for ch in c.checks):
-        raise ArenaError(f"{loaded.name} has judged cases: give a judge (a variant name or an OpenAI-compatible URL)")
     run = EvalRun(cfg, loaded.name, [(p.line, p.reason) for p in loaded.problems])
     run.run_dir = Path(data_dir) / "evaluations" / f"{time.strftime('%Y%m%d-%H%M%S')}-{loaded.name}"
     run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -164,6 +163,9 @@ def check_one(engine, variant, case, check, answer, system, judge, run) -> Check
         scored = engine.loglikelihood(variant, case.messages, check["choices"], system=system)
         return score_choice([c.logprob for c in scored], check["choices"], check["answer"])
     if kind == "judge":
+        if judge is None:
+            run.judge_skipped += 1
+            return CheckResult("judge", None, None, "not graded: no judge given")
         return judge_check(judge, case, check, answer, run)
     return run_check(check, answer, case)
 

@@ -106,6 +106,10 @@ def test_judge_verdicts_that_cannot_be_parsed_are_counted(tiny_engine, tmp_path)
     # Arena votes exist: the judge's agreement with them is reported, unreadable verdicts counted.
     assert "Agreement with Arena votes: judge agrees with 0 of 0 votes" in report
     assert "2 with an unreadable verdict" in report
+    # Without a judge the run still goes on: judged checks are left undecided and the report says so.
+    unjudged = run_evaluation(tiny_engine, cfg, tmp_path)
+    assert unjudged.judge_skipped == 2 and all(r.passed is None for r in unjudged.results)
+    assert "2 judged check(s) not graded: no judge was given" in write_report(unjudged)["markdown"].read_text()
 
 
 def test_cli_run_on_the_starter_suite(tmp_path, tiny_model_path, tiny_adapters):
