@@ -3,7 +3,8 @@
 Not a test: it prints markdown tables and writes a JSON file (default
 bench/results/engine-<device>-<model>.json) so numbers from different machines can be compared.
 It only drives the public Engine API; the one exception is `engine._peft.set_adapter`, timed
-directly because the engine never calls it for plain LoRA (it uses mixed-adapter batches).
+directly: the engine pays it once before a call where every row wants the same adapter (a call
+mixing variants routes rows with PEFT's adapter_names instead).
 How to run it and what the columns mean: bench/README.md.
 """
 from __future__ import annotations
@@ -213,7 +214,7 @@ def report(res: dict) -> str:
         ["adapter load", f"{load['adapters']['reload_s_mean']:.3f} s",
          f"mean of {m['repeats']} unload+load_adapter, 2 others loaded"],
         ["adapter switch", f"{load['set_adapter']['mean_ms']:.2f} ms",
-         f"PEFT set_adapter, mean of {SET_ADAPTER_CALLS} (engine LoRA path never calls it)"],
+         f"PEFT set_adapter, mean of {SET_ADAPTER_CALLS} (paid once per single-adapter call)"],
     ])
     rows = []
     for label, key in [("base, no adapter loaded", "base_plain"), ("base, 3 adapters loaded", "base_peft"),

@@ -108,3 +108,17 @@ def test_training_tab_trains_then_compares(page):
     count = len(bot_texts(page, "compare-chat-1")) + 1
     wait_for_answers(page, ["compare-chat-0", "compare-chat-1"], count=count)
     page.screenshot(path=str(SCREENSHOTS / "compare-after-training.png"), full_page=True)
+
+
+def test_evaluate_tab_shows_the_report(page):
+    page.get_by_role("tab", name="Evaluate").click()
+    limit = page.get_by_label("Only the first N cases (0 = all)")
+    limit.fill("3")
+    limit.press("Tab")
+    page.click("#eval-run")
+    page.wait_for_function("() => document.querySelector('#eval-report').innerText.includes('Score per category')",
+                           timeout=180_000)
+    report = page.inner_text("#eval-report")
+    assert "base" in report and "math" in report
+    assert "done: 3/3 cases" in page.inner_text("#eval-status")
+    page.screenshot(path=str(SCREENSHOTS / "evaluate.png"), full_page=True)
