@@ -189,6 +189,7 @@ def test_c_a_process_killed_while_saving_leaves_no_half_adapter(tmp_path, tiny_m
     assert retry.returncode == 0 and "saved" in retry.stdout, retry.stderr[-2000:]
     [info] = scan([adapters])
     assert (info.name, info.status, info.base_model) == ("ahoy", "available", "tiny-llama")
+    assert [p.name for p in adapters.iterdir()] == ["ahoy"]  # the next save cleared the dead one's folder
     assert engine.rescan() and engine.variants() == ["base", "ahoy"]
     assert engine.generate("ahoy", QUESTION, params=GREEDY).text
 

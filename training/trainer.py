@@ -195,6 +195,8 @@ def peak_memory_mb() -> float:
 def save_adapter(model, name: str, adapters_dir: Path, base_name: str, card: dict, trash_dir: Path) -> Path:
     """Write into a dot folder (the registry ignores those), then rename: never a half adapter."""
     adapters_dir.mkdir(parents=True, exist_ok=True)
+    for stale in adapters_dir.glob(f".saving-{name}-*"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".saving-{name}-", dir=adapters_dir))
     final = adapters_dir / name
     try:
