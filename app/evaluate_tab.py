@@ -80,7 +80,8 @@ class EvaluateTab:
 
     def _suites(self) -> list[str]:
         uploaded = sorted(self.uploads.glob("*.jsonl")) if self.uploads.is_dir() else []
-        return [str(p) for p in sorted(SUITES.glob("*.jsonl"))] + [str(p) for p in uploaded]
+        bundled = sorted(SUITES.glob("*.jsonl"), key=lambda p: (p.stem != "starter", p.name))  # starter first
+        return [str(p) for p in bundled] + [str(p) for p in uploaded]
 
     def _refresh_variants(self):
         variants = self.ctx.engine.variants()

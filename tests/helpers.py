@@ -72,3 +72,15 @@ def train_tiny_adapter(base_path: Path, target: Path, steps: int = 12) -> Path:
         optimizer.zero_grad()
     peft_model.save_pretrained(target)
     return target
+
+
+def shared_data() -> Path:
+    """The public datasets: ../shared/data beside the checkout (CI's layout), or $ARENA_SHARED_DATA."""
+    import os
+
+    repo = Path(__file__).resolve().parent.parent
+    candidates = [os.environ.get("ARENA_SHARED_DATA"), repo.parent / "shared" / "data", "/work/shared/data"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return repo.parent / "shared" / "data"

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import shared_data
+
 from evaluation.checks import CheckResult, case_passed, needs_model, run_check, score_choice
 from evaluation.suite import CHECK_FIELDS, Case, load_suite, validate_check
 from models.config import ArenaError
 
-GLAIVE = Path("/work/shared/data/glaive_toolcall_en_demo.json")
+GLAIVE = shared_data() / "glaive_toolcall_en_demo.json"
 
 WEATHER = {
     "name": "get_weather",

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import shared_data
+
 from evaluation.generate_data import generate_data, load_template, looks_cut_off, read_texts
 from evaluation.judge import (
     ABS_SYSTEM_PROMPT, PAIR_SYSTEM_PROMPT, PAIR_TEMPLATE, Completion, EngineJudge, OpenAIJudge, PairwiseVerdict,
@@ -25,7 +27,7 @@ from evaluation.votes import Vote
 from models.config import ArenaError, SamplingParams
 from training.data import load_dataset
 
-JUDGE_PROMPTS = Path("/work/shared/data/judge_prompts.jsonl")
+JUDGE_PROMPTS = shared_data() / "judge_prompts.jsonl"
 
 
 # ----- a real OpenAI-compatible server ---------------------------------------------------------

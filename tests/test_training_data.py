@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import shared_data
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -20,7 +22,7 @@ from training.data import TOOLS_PREAMBLE, Example, load_dataset, split_examples
 from training.encoding import (IGNORE, DataCollator, encode, encode_all, loss_runs, pack, preview,
                                render)
 
-DATA = Path("/work/shared/data")
+DATA = shared_data()
 ALPACA, GLAIVE, DPO = DATA / "alpaca_en_demo.json", DATA / "glaive_toolcall_en_demo.json", DATA / "dpo_en_demo.json"
 ZEPHYR_TEMPLATE = (  # TinyLlama-1.1B-Chat-v1.0's template, verbatim
     "{% for message in messages %}\n{% if message['role'] == 'user' %}\n"

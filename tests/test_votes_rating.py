@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.helpers import shared_data
 from matplotlib.figure import Figure
 
 from evaluation.export import export_jsonl, export_sharegpt, read_preference_pairs
@@ -15,7 +17,7 @@ from evaluation.rating import head_to_head, head_to_head_figure, leaderboard
 from evaluation.votes import SCHEMA_VERSION, Vote, VoteStore
 from models.config import ArenaError
 
-DEMO = Path("/work/shared/data/dpo_en_demo.json")
+DEMO = shared_data() / "dpo_en_demo.json"
 
 
 def chat(question: str, answer: str, earlier: list[dict] | None = None) -> list[dict]:
