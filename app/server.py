@@ -16,9 +16,9 @@ from training.jobs import JobRunner
 
 from .arena_tab import ArenaTab
 from .compare_tab import CompareTab
+from .evaluate_tab import EvaluateTab
 from .leaderboard_tab import LeaderboardTab
 from .models_tab import ModelsTab
-from .evaluate_tab import EvaluateTab
 from .settings import AppContext, AppSettings
 from .training_tab import TrainingTab
 from .widgets import session_of
