@@ -3,6 +3,7 @@ the base, a per-case table and a grouped bar chart, as Markdown, HTML and PNG.
 """
 from __future__ import annotations
 
+import base64
 import math
 from pathlib import Path
 
@@ -187,7 +188,9 @@ def write_report(run, path: Path | None = None) -> dict[str, Path]:
     chart = bar_chart(scores, target.with_suffix(".png"), f"{run.suite_name}: cases passed per category")
     markdown = markdown_report(run, scores, diffs, chart.name)
     atomic_write_text(target, markdown)
-    page = to_html(markdown)
+    # The HTML carries the chart inside it, so it reads the same in the app and as a downloaded file.
+    inline = "data:image/png;base64," + base64.b64encode(chart.read_bytes()).decode()
+    page = to_html(markdown.replace(f"]({chart.name})", f"]({inline})"))
     html_path = target.with_suffix(".html")
     atomic_write_text(html_path, page)
     scores.to_csv(target.with_name(target.stem + "-scores.csv"), index=False)

@@ -76,7 +76,8 @@ def test_base_against_adapter_report_and_reuse(real_engine, tmp_path):
     assert "2 malformed case(s) skipped: line 6:" in report
     assert "| pirate | overall |" in report and "McNemar" in report
     assert paths["chart"].read_bytes()[:4] == b"\x89PNG"
-    assert "<table>" in paths["html"].read_text()
+    page = paths["html"].read_text()
+    assert "<table>" in page and 'src="data:image/png;base64,' in page  # the chart travels inside the HTML
     answers = [json.loads(line) for line in (run.run_dir / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == 10
     # A rerun with nothing changed reuses every stored answer.
