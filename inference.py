@@ -130,7 +130,7 @@ def main(argv=None) -> int:
             list_variants(engine)
             return 0
         for variant in variants:
-            engine._adapter_for(variant)  # fail before any work, naming the variant
+            engine.check_variant(variant)  # fail before any work, naming the variant
         if args.input:
             run_file(engine, args, variants, params)
         else:

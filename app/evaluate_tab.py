@@ -2,9 +2,6 @@
 and make an instruction dataset with a teacher model."""
 from __future__ import annotations
 
-import shutil
-import threading
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -13,7 +10,7 @@ from evaluation.runner import EvalConfig
 from models import ArenaError
 
 from .settings import AppContext
-from .widgets import user_errors
+from .widgets import keep_upload, user_errors
 
 SUITES = Path(__file__).resolve().parent.parent / "evaluation" / "suites"
 TEMPLATES = ["review_replies", "qa_pairs", "instruction"]
@@ -90,16 +87,8 @@ class EvaluateTab:
 
     @user_errors
     def _store_suite(self, file):
-        return gr.Dropdown(choices=self._suites() + [], value=str(self._keep_upload(file)))
-
-    def _keep_upload(self, file) -> Path:
-        source = Path(file if isinstance(file, str) else file.name)
-        self.uploads.mkdir(parents=True, exist_ok=True)
-        target = self.uploads / source.name
-        tmp = target.with_name(f".{target.name}.{time.time_ns()}")
-        shutil.copyfile(source, tmp)
-        tmp.replace(target)
-        return target
+        target = keep_upload(file, self.uploads)
+        return gr.Dropdown(choices=self._suites(), value=str(target))
 
     @user_errors
     def _start(self, suite, variants, judge, max_new_tokens, limit):
@@ -150,10 +139,9 @@ class EvaluateTab:
         from evaluation.generate_data import generate_data
         from evaluation.judge import judge_from_spec
 
-        source = self._keep_upload(file)
+        source = keep_upload(file, self.uploads)
         name = Path(output_name or "generated.json").name
         output = self.ctx.engine.config.data_dir / "datasets" / (name if name.endswith(".json") else name + ".json")
         report = generate_data(str(source), field_name or "text", template, judge_from_spec(teacher, self.ctx.engine),
                                str(output), progress=False)
-        summary = report.summary() if hasattr(report, "summary") else str(report)
-        return f"{summary}\n\nWritten to `{output}`: pick it in the Training tab."
+        return f"{report.summary()}\n\nWritten to `{output}`: pick it in the Training tab."

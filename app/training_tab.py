@@ -5,8 +5,6 @@ The tab only builds a TrainConfig and hands it to the JobRunner, which runs the 
 """
 from __future__ import annotations
 
-import shutil
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -20,7 +18,7 @@ from training.resources import check_device_memory
 
 from .settings import AppContext
 from .training_form import TrainingForm
-from .widgets import user_errors
+from .widgets import keep_upload, user_errors
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "training" / "examples"
 JOB_COLUMNS = ["id", "name", "status", "progress", "created", "error"]
@@ -86,12 +84,7 @@ class TrainingTab:
     @user_errors
     def _store_upload(self, file):
         self._refuse_in_public_mode()
-        source = Path(file if isinstance(file, str) else file.name)
-        self.datasets_dir.mkdir(parents=True, exist_ok=True)
-        target = self.datasets_dir / source.name
-        tmp = target.with_name(f".{target.name}.{time.time_ns()}")
-        shutil.copyfile(source, tmp)
-        tmp.replace(target)  # a half-copied dataset is never listed
+        target = keep_upload(file, self.datasets_dir)
         return gr.Dropdown(choices=self._datasets(), value=str(target))
 
     def _config(self, data: dict):

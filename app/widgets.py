@@ -4,8 +4,10 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
@@ -96,6 +98,17 @@ class Throttle:
             self.last = now
             return True
         return False
+
+
+def keep_upload(file, folder: Path) -> Path:
+    """Copy a browser upload into a data folder: a temp name, then a rename, so no half file is ever listed."""
+    source = Path(file if isinstance(file, str) else file.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / source.name
+    tmp = target.with_name(f".{target.name}.{time.time_ns()}")
+    shutil.copyfile(source, tmp)
+    tmp.replace(target)
+    return target
 
 
 def session_of(request: gr.Request | None) -> str:

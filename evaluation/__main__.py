@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def command_run(args, engine: Engine) -> None:
     from .judge import judge_from_spec
     from .report import write_report
-    from .runner import EvalConfig, run_evaluation
+    from .runner import EvalConfig
 
     cfg = EvalConfig(suite=args.suite, variants=[v.strip() for v in args.variants.split(",") if v.strip()],
                      judge=args.judge, max_new_tokens=args.max_new_tokens, limit=args.limit,
@@ -93,7 +93,7 @@ def command_generate(args, engine: Engine) -> None:
     report = generate_data(args.input, args.field, args.template, judge_from_spec(args.teacher, engine),
                            args.output, max_retries=args.max_retries, dedupe_threshold=args.dedupe_threshold,
                            limit=args.limit)
-    print(report.summary() if hasattr(report, "summary") else report)
+    print(report.summary())
 
 
 def main(argv=None) -> int:

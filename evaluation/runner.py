@@ -96,7 +96,7 @@ def run_evaluation(engine: Engine, cfg: EvalConfig, data_dir: Path, judge=None, 
                    cancel: threading.Event | None = None) -> EvalRun:
     started = time.time()
     for variant in cfg.variants:
-        engine._adapter_for(variant)  # unknown or failed variants stop the run before any work
+        engine.check_variant(variant)  # unknown or failed variants stop the run before any work
     loaded = load_suite(cfg.suite)
     cases = select_cases(loaded.cases, cfg)
     if not cases:

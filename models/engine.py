@@ -22,7 +22,7 @@ from typing import Iterator
 import torch
 
 from . import adapters as registry
-from .adapters import AdapterInfo, check_compatible, validate_name
+from .adapters import AdapterInfo, check_compatible
 from .base import LoadedBase, load_base
 from .config import ArenaError, EngineConfig, SamplingParams
 from .device_queue import Cancelled, DeviceQueue
@@ -288,6 +288,10 @@ class Engine:
                 "clear the chat or shorten the message"
             )
         return Row(index, request.variant, adapter, ids)
+
+    def check_variant(self, variant: str) -> None:
+        """Raise ArenaError naming the variant when it cannot answer (unknown, or an adapter not loaded)."""
+        self._adapter_for(variant)
 
     def _adapter_for(self, variant: str) -> str:
         if variant == BASE:

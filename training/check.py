@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import html
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from models.base import resolve_base
+from models.base import first_line, hub_offline, resolve_base
 from models.config import ArenaError
 
 from .config import TrainConfig
@@ -27,11 +26,10 @@ class CheckResult:
 
 def load_tokenizer(base: str, models_dir: Path):
     _, source = resolve_base(base, models_dir)
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     try:
-        return AutoTokenizer.from_pretrained(source, local_files_only=offline)
+        return AutoTokenizer.from_pretrained(source, local_files_only=hub_offline())
     except (OSError, ValueError) as exc:
-        raise ArenaError(f"cannot load the tokenizer of '{base}': {str(exc).strip().splitlines()[0]}") from None
+        raise ArenaError(f"cannot load the tokenizer of '{base}': {first_line(exc)}") from None
 
 
 def check_dataset(cfg: TrainConfig, data_dir: Path, tokenizer=None) -> CheckResult:

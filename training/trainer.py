@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, Trainer, TrainingArguments
 
-from models.base import resolve_base
+from models.base import first_line, hub_offline, resolve_base
 from models.config import ArenaError
 
 from .callbacks import ProgressCallback
@@ -78,12 +78,12 @@ def load_for_training(cfg: TrainConfig, models_dir: Path):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_use_double_quant=True)
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    offline = hub_offline()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
         model = AutoModelForCausalLM.from_pretrained(source, local_files_only=offline, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ArenaError(f"cannot load base model '{cfg.base}': {str(exc).strip().splitlines()[0]}") from None
+        raise ArenaError(f"cannot load base model '{cfg.base}': {first_line(exc)}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return name, model, tokenizer
