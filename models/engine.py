@@ -114,15 +114,20 @@ class Engine:
         with self._changing:
             return self._load_adapter(name)
 
-    def _load_adapter(self, name: str) -> AdapterInfo:
+    def _load_adapter(self, name: str, replace: bool = False) -> AdapterInfo:
         info = self._get(name)
-        if info.status == "loaded":
+        if info.status == "loaded" and not replace:
             return info
         fresh = registry.inspect_folder(info.path)  # the folder may have changed since the scan
         reason = fresh.reason or check_compatible(fresh, self.base)
-        if not reason:
+        if replace or not reason:
+            # Old weights out and new ones in within one device turn: a request that was checked
+            # against the old adapter and waits its turn finds the name still there.
             with self.device.hold():
-                reason = self._attach(fresh)
+                if replace:
+                    self._detach(name)
+                if not reason:
+                    reason = self._attach(fresh)
         if reason:
             fresh.fail(reason)
             log.warning("adapter %s skipped: %s", name, reason)
@@ -151,8 +156,7 @@ class Engine:
     def reload_adapter(self, name: str) -> AdapterInfo:
         """Load again from disk, e.g. after retraining under the same name."""
         with self._changing:
-            self.unload_adapter(name)
-            return self.load_adapter(name)
+            return self._load_adapter(name, replace=True)
 
     def delete_adapter(self, name: str) -> Path:
         """Unload and move the folder to the trash folder (recoverable), never rm -rf."""
@@ -228,6 +232,7 @@ class Engine:
         try:
             with self.device.hold(cancel):
                 wait = time.perf_counter() - queued
+                self._check_still_loaded(rows)
                 for group, mixed in self._groups(rows, requests):
                     if cancel.is_set():
                         break
@@ -242,6 +247,14 @@ class Engine:
             emit(exc)
         finally:
             emit(None)
+
+    def _check_still_loaded(self, rows: list[Row]) -> None:
+        """An adapter unloaded or deleted while this request waited for the device: say so, by name."""
+        loaded = set(self._peft.peft_config) if self._peft is not None else set()
+        for row in rows:
+            if row.adapter != BASE_ROW and row.adapter not in loaded:
+                raise ArenaError(f"adapter '{row.variant}' was unloaded while this request waited: "
+                                 "pick it again and resend")
 
     def _groups(self, rows: list[Row], requests: list[ChatRequest]):
         """Rows with the same sampling settings share one batch; DoRA rows run alone (PEFT can't mix them)."""

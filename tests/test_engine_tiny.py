@@ -119,6 +119,57 @@ def test_a_waiting_caller_that_gives_up_leaves_the_line(tiny_engine):
     long_call.close()
 
 
+def _queue_behind_a_long_call(engine, first, second):
+    """Hold the device with a long answer, queue `first` then `second` behind it, then let them run."""
+    long_call = engine.generate_stream("a1", "Go on", params=SamplingParams(max_new_tokens=8000))
+    next(long_call)
+    results = {}
+
+    def run(key, fn):
+        try:
+            results[key] = fn()
+        except ArenaError as exc:
+            results[key] = exc
+
+    threads = []
+    for key, fn in (("first", first), ("second", second)):
+        threads.append(threading.Thread(target=run, args=(key, fn)))
+        threads[-1].start()
+        deadline = time.monotonic() + 5
+        while engine.device.waiting < len(threads) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    long_call.close()
+    for thread in threads:
+        thread.join(30)
+    return results
+
+
+def test_a_request_waiting_during_a_reload_gets_its_answer(tiny_engine):
+    """A finished training job reloads its adapter while someone's Compare request waits for it."""
+    expected = tiny_engine.generate("a2", "Hi", params=GREEDY).text
+    results = _queue_behind_a_long_call(
+        tiny_engine,
+        lambda: tiny_engine.reload_adapter("a2"),
+        lambda: tiny_engine.generate("a2", "Hi", params=GREEDY).text,
+    )
+    assert results["second"] == expected
+    assert "a2" in tiny_engine.variants()
+
+
+def test_a_request_waiting_during_an_unload_names_the_adapter(tiny_engine):
+    results = _queue_behind_a_long_call(
+        tiny_engine,
+        lambda: tiny_engine.unload_adapter("a3"),
+        lambda: tiny_engine.generate("a3", "Hi", params=GREEDY).text,
+    )
+    try:
+        assert isinstance(results["second"], ArenaError)
+        assert "adapter 'a3' was unloaded while this request waited" in str(results["second"])
+    finally:
+        tiny_engine.load_adapter("a3")
+    assert tiny_engine.generate("a3", "Hi", params=GREEDY).text
+
+
 def test_sampling_with_a_seed_repeats(tiny_engine):
     params = SamplingParams(max_new_tokens=10, temperature=0.9, top_p=0.9, top_k=40, seed=123)
     first = tiny_engine.generate("a1", "Hi", params=params).text
