@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from models.config import ArenaError
 from models.jsonl import JsonlAppender, atomic_write_text, load_done
-from training.data import read_rows, read_text
+from training.files import read_rows, read_text
 
 from .templates import BUILTIN_TEMPLATES, Template, load_template  # Template, load_template re-exported
 

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, StringConstraints, create_model
 
 from models.config import ArenaError
-from training.data import read_text
+from training.files import read_text
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]  # an empty answer teaches nothing
 AGREE = "Write a reply that agrees with this review."

@@ -13,8 +13,6 @@ Formats (`format="auto"` detects them from the rows' keys):
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import random
 import re
@@ -24,13 +22,13 @@ from pathlib import Path
 
 from models.config import ArenaError
 from training.config import FORMATS
+from training.files import BadRow, read_rows
 
 MAX_BAD_ROWS = 50  # enough to see a pattern; a million bad rows would bloat the report
 DETECT_ROWS = 20  # the format is the most common one among the first rows that have one
 # The key that marks each format; a row with several is read as the first one listed.
 FORMAT_KEYS = {"messages": "messages", "conversations": "sharegpt", "instruction": "alpaca",
                "prompt": "prompt_completion", "text": "text"}
-JSON_CELLS = ("conversations", "messages", "history", "tools")  # CSV columns that may hold JSON text
 # Sharegpt tool turns: a call is what the assistant says; an observation is what the tool answers.
 # Observations stay role "tool" (ChatML and Llama 3 templates render it as such); encoding falls back
 # to a user "Observation:" message for templates that would drop a tool message.
@@ -91,83 +89,6 @@ class DatasetReport:
             line += (f"; tokens min {t.min}, median {t.median}, p95 {t.p95}, max {t.max}; "
                      f"{t.over_max_length} over max_length {t.max_length}")
         return line
-
-
-class BadRow(Exception):
-    """A row that cannot be trained on: `kind` is counted in the report, `detail` names the field."""
-
-    def __init__(self, kind: str, detail: str = ""):
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.kind, self.detail = kind, detail
-
-
-# ----- reading files ---------------------------------------------------------------------------
-
-def read_rows(path: Path) -> list[tuple[int, object]]:
-    """(row number, parsed row) for every row; unparseable JSONL lines come back as BadRow values."""
-    text = read_text(path)
-    if path.suffix.lower() in (".csv", ".tsv"):
-        return read_csv(text, path)
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except ValueError as exc:
-            raise ArenaError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-        return list(enumerate(rows, 1))
-    rows = read_jsonl_rows(text)
-    if all(isinstance(row, BadRow) for _, row in rows):  # not JSONL at all: say so once, not per line
-        number, bad = rows[0]
-        raise ArenaError(f"{path} line {number}: not valid JSON ({bad.detail}); expected a JSON array or JSONL")
-    return rows
-
-
-def read_text(path: Path) -> str:
-    if not path.is_file():
-        raise ArenaError(f"{path}: no such file")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8").removeprefix("\ufeff")  # a BOM from spreadsheet exports is harmless
-    except UnicodeDecodeError as exc:  # plain utf-8, not utf-8-sig, so the offset counts a BOM too
-        raise ArenaError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    if not text.strip():
-        raise ArenaError(f"{path}: the file is empty")
-    return text
-
-
-def read_jsonl_rows(text: str) -> list[tuple[int, object]]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((number, json.loads(line)))
-        except ValueError as exc:  # one broken line should not cost the other rows
-            rows.append((number, BadRow("not valid JSON", exc.msg)))
-    return rows
-
-
-def read_csv(text: str, path: Path) -> list[tuple[int, object]]:
-    dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
-    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
-    if not reader.fieldnames:
-        raise ArenaError(f"{path}: the CSV file has no header row")
-    return [(number, csv_row(record)) for number, record in enumerate(reader, 1)]
-
-
-def csv_row(record: dict) -> dict:
-    """CSV cells are strings: empty cells mean absent, JSON columns are parsed when they hold JSON."""
-    row = {}
-    for key, value in record.items():
-        if key is None or value is None or value == "":
-            continue  # extra cells without a header, short rows, empty cells
-        key = key.strip()
-        if key in JSON_CELLS and value.lstrip()[:1] in ("[", "{"):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass  # left as text: conversion then reports the wrong type for this field
-        row[key] = value
-    return row
 
 
 # ----- formats ---------------------------------------------------------------------------------

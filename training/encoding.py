@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from models.config import ArenaError
-from training.data import BadRow, DatasetReport, Example, TokenStats
+from training.data import DatasetReport, Example, TokenStats
+from training.files import BadRow
 
 IGNORE = -100  # the label PyTorch's cross-entropy skips
 

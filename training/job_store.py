@@ -21,11 +21,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import psutil
-
 from models.config import ArenaError
 from models.jsonl import atomic_write_text
 from training.config import TrainConfig
+from training.process_watch import (LOG_TAIL_LINES, died_reason, one_line, process_alive, process_create_time,
+                                    tail_lines)
 
 
 JOBS_FILENAME = "jobs.sqlite"
@@ -34,15 +34,7 @@ STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled")
 BUSY_TIMEOUT_S = 30.0
-LOG_TAIL_LINES = 40
-DIED = "the training process died (killed or out of memory?); see the log"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")  # transformers' checkpoint folder names
-ERROR_PATTERNS = (  # most telling first: our one-line errors, then the last line of a traceback
-    re.compile(r"^error:", re.IGNORECASE),
-    re.compile(r"^[\w.]*(Error|Exception)\b"),
-    re.compile(r"No module named|CUDA out of memory|^Killed\b"),
-)
-LAUNCHER_NOISE = "CalledProcessError"  # accelerate re-raises after the trainer fails: it says nothing new
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -118,30 +110,6 @@ def new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-def one_line(text, limit: int = 500) -> str:
-    return " ".join(str(text).split())[:limit]
-
-
-def process_create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-def process_alive(pid: int | None, started: float | None) -> bool:
-    """Alive and the same process: an exited one awaiting its parent (zombie) or a reused pid is not."""
-    if not pid:
-        return False
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return started is None or abs(process.create_time() - started) < 0.05
-    except psutil.Error:
-        return False
-
-
 def latest_checkpoint(folder: str | Path) -> Path | None:
     """The newest `checkpoint-<step>` folder inside `folder`, or None."""
     folder = Path(folder)
@@ -149,41 +117,6 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
         return None
     found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))]
     return max(found)[1] if found else None
-
-
-def tail_lines(path: Path, lines: int = LOG_TAIL_LINES, max_bytes: int = 64 * 1024) -> list[str]:
-    """The last lines of a log without reading all of it; a progress bar's \\r redraws keep their last state."""
-    try:
-        with open(path, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - max_bytes))
-            text = handle.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return []
-    rows = text.split("\n")[1 if size > max_bytes else 0:]  # the first row may be cut
-    rows = [next((s for s in reversed(row.split("\r")) if s.strip()), "") for row in rows]
-    while rows and not rows[-1].strip():
-        rows.pop()
-    return rows[-lines:]
-
-
-def last_error_line(lines: list[str]) -> str | None:
-    """The line that best says why a run failed: the last `error:` line, else the last exception line."""
-    for pattern in ERROR_PATTERNS:
-        for line in reversed(lines):
-            if pattern.search(line.strip()) and LAUNCHER_NOISE not in line:
-                return one_line(line.strip())
-    return None
-
-
-def died_reason(lines: list[str]) -> str:
-    text = "\n".join(lines)
-    if "CUDA out of memory" in text or "OutOfMemoryError" in text:
-        return f"{DIED} — it shows CUDA out of memory"
-    if re.search(r"^Killed\b|SIGKILL", text, re.MULTILINE):
-        return f"{DIED} — it shows the process was killed"
-    error = last_error_line(lines)
-    return f"{DIED} — last error: {error}" if error else DIED
 
 
 def read_json_lines(path: Path) -> list[dict]:

@@ -28,9 +28,9 @@ from models.config import ArenaError
 from training.config import TrainConfig
 
 # The store's names are re-exported: callers import them from here as well as from job_store.
-from .job_store import (ACTIVE, DIED, FINAL, STATUSES, CommandBuilder, Job, JobFiles, JobReporter,  # noqa: F401
-                        JobStore, died_reason, last_error_line, latest_checkpoint, process_alive,
-                        process_create_time, read_json_lines, tail_lines, utc_now_iso)
+from .job_store import (ACTIVE, FINAL, STATUSES, CommandBuilder, Job, JobFiles, JobReporter, JobStore,  # noqa: F401
+                        latest_checkpoint, read_json_lines, utc_now_iso)
+from .process_watch import DIED, died_reason, last_error_line, process_alive, process_create_time, tail_lines  # noqa: F401
 
 log = logging.getLogger(__name__)
 
