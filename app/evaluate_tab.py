@@ -31,7 +31,11 @@ class EvaluateTab:
                                          allow_custom_value=True, elem_id="eval-suite")
                 self.upload = gr.File(label="…or upload a suite (.jsonl)", file_types=[".jsonl"], scale=2)
             with gr.Row():
-                self.variants = gr.CheckboxGroup(variants, value=variants[:2], label="Variants", elem_id="eval-variants")
+                # A dropdown keeps the order picked: for stages of one fine-tune that order is the training order.
+                self.variants = gr.Dropdown(variants, value=variants[:2], multiselect=True, scale=3,
+                                            label="Variants (in order)", elem_id="eval-variants")
+                self.stages = gr.Checkbox(False, label="Stages of one fine-tune, in the order picked: show forgetting",
+                                          scale=1, elem_id="eval-stages")
                 self.judge = gr.Dropdown(["none"] + variants, value="none", allow_custom_value=True, scale=2,
                                          label="Judge (a variant, or an OpenAI-compatible URL)")
             with gr.Row():
@@ -64,7 +68,7 @@ class EvaluateTab:
             self.gen_status = gr.Markdown()
 
     def _wire(self) -> None:
-        inputs = [self.suite, self.variants, self.judge, self.max_new_tokens, self.limit]
+        inputs = [self.suite, self.variants, self.judge, self.max_new_tokens, self.limit, self.stages]
         self.upload.upload(self._store_suite, self.upload, self.suite, api_name="eval_upload")
         self.run.click(self._start, inputs, [self.task, self.status], api_name="eval_run")
         self.stop.click(self._stop, self.task, self.status, api_name="eval_stop")
@@ -82,7 +86,7 @@ class EvaluateTab:
 
     def _refresh_variants(self):
         variants = self.ctx.engine.variants()
-        return (gr.CheckboxGroup(choices=variants), gr.Dropdown(choices=["none"] + variants),
+        return (gr.Dropdown(choices=variants), gr.Dropdown(choices=["none"] + variants),
                 gr.Dropdown(choices=variants))
 
     @user_errors
@@ -91,14 +95,14 @@ class EvaluateTab:
         return gr.Dropdown(choices=self._suites(), value=str(target))
 
     @user_errors
-    def _start(self, suite, variants, judge, max_new_tokens, limit):
+    def _start(self, suite, variants, judge, max_new_tokens, limit, stages=False):
         if not suite:
             raise ArenaError("pick a suite first")
         if not variants:
-            raise ArenaError("tick at least one variant")
+            raise ArenaError("pick at least one variant")
         judge_spec = None if judge in (None, "", "none") else judge
         config = EvalConfig(suite=suite, variants=list(variants), judge=judge_spec,
-                            max_new_tokens=int(max_new_tokens), limit=int(limit) or None)
+                            max_new_tokens=int(max_new_tokens), limit=int(limit) or None, stages=bool(stages))
         judge_obj = self._judge(judge_spec)
         task = self.ctx.evals.start(config, judge_obj)
         return task.id, f"Started **{task.id}** on {Path(suite).name} with {', '.join(variants)}."

@@ -29,6 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--max-new-tokens", type=int, default=256)
     run.add_argument("--limit", type=int, default=None, help="only the first N cases")
     run.add_argument("--categories", default=None, help="comma-separated categories to run")
+    run.add_argument("--stages", action="store_true",
+                     help="the variants are successive stages of one fine-tune, in training order: also compare "
+                          "each with the one before it and name the categories it forgot or won back")
     add_engine_args(run)
     gen = commands.add_parser("generate-data", help="make an instruction dataset with a teacher model")
     gen.add_argument("--input", required=True, help="CSV, JSONL or text file of raw texts")
@@ -50,7 +53,7 @@ def command_run(args, engine: Engine) -> None:
 
     cfg = EvalConfig(suite=args.suite, variants=[v.strip() for v in args.variants.split(",") if v.strip()],
                      judge=args.judge, max_new_tokens=args.max_new_tokens, limit=args.limit,
-                     categories=args.categories.split(",") if args.categories else None)
+                     categories=args.categories.split(",") if args.categories else None, stages=args.stages)
     judge = judge_from_spec(args.judge, engine) if args.judge else None
     run = run_with_progress_bar(engine, cfg, judge)
     paths = write_report(run, args.report)

@@ -1,5 +1,6 @@
 """The before/after report: scores per category with 95% bootstrap intervals, paired tests against
-the base, a per-case table and a grouped bar chart, as Markdown, HTML and PNG.
+the base (and, for successive stages of one fine-tune, each stage against the one before, to show
+forgetting and recovery), a per-case table and a grouped bar chart, as Markdown, HTML and PNG.
 """
 from __future__ import annotations
 
@@ -64,29 +65,65 @@ def verdict(diff: float, p: float) -> str:
     return f"no significant change ({diff * 100:+.1f} points, p={p:.2f})"
 
 
-def paired_differences(results, variants: list[str], base: str = "base") -> pd.DataFrame:
-    """Each adapter against the base on the same cases: paired bootstrap interval and McNemar's test."""
+def against_base(variants: list[str], base: str = "base") -> list[tuple[str, str]]:
+    return [(base, v) for v in variants if v != base] if base in variants else []
+
+
+def stage_steps(variants: list[str]) -> list[tuple[str, str]]:
+    """Successive stages of one fine-tune (trained on A, then on A+B, ...): each against the one before."""
+    return list(zip(variants, variants[1:]))
+
+
+def paired_differences(results, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """`after` against `before` on the same cases, per pair: paired bootstrap interval and McNemar's test."""
     frame = scored(results)
-    if base not in variants:
+    if frame.empty or not pairs:
         return pd.DataFrame()
     wide = frame.pivot_table(index=["case", "category"], columns="variant", values="passed").reset_index()
     rows = []
-    for adapter in [v for v in variants if v != base]:
-        if adapter not in wide:
+    for before, after in pairs:
+        if before not in wide or after not in wide:
             continue
         for category in sorted(wide["category"].unique()) + ["overall"]:
             part = wide if category == "overall" else wide[wide["category"] == category]
-            pairs = part[[base, adapter]].dropna()
-            diffs = (pairs[adapter] - pairs[base]).to_numpy()
-            b = int(((pairs[base] == 1) & (pairs[adapter] == 0)).sum())
-            c = int(((pairs[base] == 0) & (pairs[adapter] == 1)).sum())
+            pairs_ = part[[before, after]].dropna()
+            diffs = (pairs_[after] - pairs_[before]).to_numpy()
+            b = int(((pairs_[before] == 1) & (pairs_[after] == 0)).sum())
+            c = int(((pairs_[before] == 0) & (pairs_[after] == 1)).sum())
             low, high = bootstrap_interval(diffs)
             diff = float(diffs.mean()) if len(diffs) else math.nan
             p = mcnemar_exact(b, c)
-            rows.append({"adapter": adapter, "category": category, "pairs": len(diffs), "difference": diff,
-                         "ci_low": low, "ci_high": high, "only_base_passed": b, "only_adapter_passed": c,
-                         "p_value": p, "verdict": verdict(diff, p)})
+            rows.append({"before": before, "after": after, "category": category, "pairs": len(diffs),
+                         "difference": diff, "ci_low": low, "ci_high": high, "only_before_passed": b,
+                         "only_after_passed": c, "p_value": p, "verdict": verdict(diff, p)})
     return pd.DataFrame(rows)
+
+
+def forgetting_lines(steps: pd.DataFrame) -> list[str]:
+    """Plain sentences for each category a stage significantly lost, and any later stage that won it back."""
+    if steps.empty:
+        return []
+    lines = []
+    significant = steps[(steps["p_value"] < ALPHA) & (steps["category"] != "overall")]
+    for _, lost in significant[significant["difference"] < 0].iterrows():
+        line = (f"- **Forgetting**: {lost['category']} fell {lost['difference'] * 100:+.1f} points "
+                f"from {lost['before']} to {lost['after']} (p={lost['p_value']:.3f}).")
+        later = significant[(significant["category"] == lost["category"]) & (significant["difference"] > 0)
+                            & (significant.index > lost.name)]
+        if not later.empty:
+            back = later.iloc[0]
+            line += f" **Recovered** by {back['after']} ({back['difference'] * 100:+.1f} points, p={back['p_value']:.3f})."
+        lines.append(line)
+    return lines or ["- No category fell significantly from one stage to the next."]
+
+
+def differences_table(title: str, diffs: pd.DataFrame) -> list[str]:
+    lines = [title, "", "| before → after | category | difference (points) | 95% interval | McNemar p | verdict |",
+             "|---|---|---|---|---|---|"]
+    for _, d in diffs.iterrows():
+        lines.append(f"| {d['before']} → {d['after']} | {d['category']} | {d['difference'] * 100:+.1f} | "
+                     f"[{d['ci_low'] * 100:+.1f}, {d['ci_high'] * 100:+.1f}] | {d['p_value']:.3f} | {d['verdict']} |")
+    return lines + [""]
 
 
 def bar_chart(scores: pd.DataFrame, path: Path, title: str) -> Path:
@@ -125,7 +162,7 @@ def percent(x: float) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x * 100:.1f}"
 
 
-def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, chart_name: str) -> str:
+def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, steps: pd.DataFrame, chart_name: str) -> str:
     variants = run.config.variants
     lines = [f"# Evaluation: {run.suite_name}", "",
              f"Variants: {', '.join(variants)}. Cases: {len({r.case_id for r in run.results})}. "
@@ -151,13 +188,10 @@ def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, chart_name: 
                      + " | ".join(cells) + " |")
     lines += ["", f"![scores per category]({chart_name})", ""]
     if not diffs.empty:
-        lines += ["## Each adapter against the base (paired, same cases)", "",
-                  "| adapter | category | difference (points) | 95% interval | McNemar p | verdict |",
-                  "|---|---|---|---|---|---|"]
-        for _, d in diffs.iterrows():
-            lines.append(f"| {d['adapter']} | {d['category']} | {d['difference'] * 100:+.1f} | "
-                         f"[{d['ci_low'] * 100:+.1f}, {d['ci_high'] * 100:+.1f}] | {d['p_value']:.3f} | {d['verdict']} |")
-        lines.append("")
+        lines += differences_table("## Each adapter against the base (paired, same cases)", diffs)
+    if not steps.empty:
+        lines += differences_table("## Stage by stage (each variant against the one before it)", steps)
+        lines += ["### Forgetting and recovery", "", *forgetting_lines(steps), ""]
     lines += per_case_table(run)
     return "\n".join(lines) + "\n"
 
@@ -183,10 +217,11 @@ def write_report(run, path: Path | None = None) -> dict[str, Path]:
     """Write report.md, report.html and chart.png (into the run folder, and to `path` if given)."""
     variants = run.config.variants
     scores = category_scores(run.results, variants)
-    diffs = paired_differences(run.results, variants)
+    diffs = paired_differences(run.results, against_base(variants))
+    steps = paired_differences(run.results, stage_steps(variants)) if run.config.stages else pd.DataFrame()
     target = Path(path) if path else run.run_dir / "report.md"
     chart = bar_chart(scores, target.with_suffix(".png"), f"{run.suite_name}: cases passed per category")
-    markdown = markdown_report(run, scores, diffs, chart.name)
+    markdown = markdown_report(run, scores, diffs, steps, chart.name)
     atomic_write_text(target, markdown)
     # The HTML carries the chart inside it, so it reads the same in the app and as a downloaded file.
     inline = "data:image/png;base64," + base64.b64encode(chart.read_bytes()).decode()

@@ -31,6 +31,7 @@ class EvalConfig:
     max_new_tokens: int = 256
     limit: int | None = None  # the first N cases only
     categories: list[str] | None = None
+    stages: bool = False  # the variants are successive stages of one fine-tune, in training order
 
     def params(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens)  # greedy: reproducible answers

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evaluation.judge import EngineJudge
 from evaluation.report import write_report
-from evaluation.runner import EvalConfig, run_evaluation
+from evaluation.runner import CaseResult, EvalConfig, EvalRun, run_evaluation
 from evaluation.votes import Vote, VoteStore
 from models import SamplingParams
 from tests.app_client import call_args
@@ -74,7 +74,8 @@ def test_base_against_adapter_report_and_reuse(real_engine, tmp_path):
     report = paths["markdown"].read_text()
     assert "| style (n=1) | 0.0 [0.0, 0.0] | 100.0 [100.0, 100.0] |" in report
     assert "2 malformed case(s) skipped: line 6:" in report
-    assert "| pirate | overall |" in report and "McNemar" in report
+    assert "| base → pirate | overall |" in report and "McNemar" in report
+    assert "Stage by stage" not in report  # two unrelated variants are not stages unless the user says so
     assert paths["chart"].read_bytes()[:4] == b"\x89PNG"
     page = paths["html"].read_text()
     assert "<table>" in page and 'src="data:image/png;base64,' in page  # the chart travels inside the HTML
@@ -87,6 +88,30 @@ def test_base_against_adapter_report_and_reuse(real_engine, tmp_path):
     assert generated and all(r.reused for r in generated)
     assert [r.answer for r in again.results] == [r.answer for r in run.results]
     assert time.time() - start < run.seconds
+
+
+def stage_results(passes: dict[str, dict[str, int]], cases: int = 20) -> list[CaseResult]:
+    """Per variant and category, the first `n` of `cases` cases pass: a paired, deterministic layout."""
+    return [CaseResult(f"{category}-{i}", category, variant, "q", "a", i < n, None, [])
+            for variant, per_category in passes.items() for category, n in per_category.items()
+            for i in range(cases)]
+
+
+def test_stages_report_names_forgetting_and_recovery(tmp_path):
+    """Trained on math, then on chat (math forgotten), then on both (math back): the CS6263 pattern."""
+    passes = {"base": {"math": 4, "chat": 5}, "stage1-math": {"math": 18, "chat": 5},
+              "stage2-chat": {"math": 3, "chat": 17}, "stage3-both": {"math": 17, "chat": 16}}
+    cfg = EvalConfig(suite="suite.jsonl", variants=list(passes), stages=True)
+    run = EvalRun(cfg, "suite", [], results=stage_results(passes), run_dir=tmp_path)
+    report = write_report(run)["markdown"].read_text()
+    assert "| stage1-math → stage2-chat | math | -75.0 |" in report
+    assert ("**Forgetting**: math fell -75.0 points from stage1-math to stage2-chat (p=0.000). "
+            "**Recovered** by stage3-both (+70.0 points, p=0.000).") in report
+    assert "chat fell" not in report  # stage3 lost one chat case: not significant, not called forgetting
+    # The same results read as unrelated adapters: only each against the base.
+    cfg.stages = False
+    plain = write_report(run)["markdown"].read_text()
+    assert "| base → stage2-chat | math | -5.0 |" in plain and "Forgetting" not in plain
 
 
 def test_judge_verdicts_that_cannot_be_parsed_are_counted(tiny_engine, tmp_path):
@@ -118,8 +143,9 @@ def test_cli_run_on_the_starter_suite(tmp_path, tiny_model_path, tiny_adapters):
     proc = subprocess.run([sys.executable, "-m", "evaluation", "run", "--suite", "evaluation/suites/starter.jsonl",
                            "--variants", "base,a1", "--base", str(tiny_model_path), "--adapters-dir", str(tiny_adapters),
                            "--data-dir", str(tmp_path), "--limit", "4", "--max-new-tokens", "8",
-                           "--report", str(report)], cwd=REPO, capture_output=True, text=True, timeout=300)
+                           "--report", str(report), "--stages"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "## Stage by stage" in report.read_text()
     assert report.is_file() and report.with_suffix(".png").is_file()
     assert "Score per category" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "evaluation", "run", "--suite", "evaluation/suites/starter.jsonl",
@@ -132,8 +158,8 @@ def test_evaluate_tab_runs_in_the_background(launch_app, tiny_engine):
     ctx, url = launch_app(tiny_engine)
     client = Client(url, verbose=False)
     suite = str(REPO / "evaluation" / "suites" / "starter.jsonl")
-    task_status = client.predict(*call_args(client, "/eval_run", Suite=suite, Variants=["base", "a1"],
-                                            **{"Max new tokens": 16, "Only the first N cases (0 = all)": 3}),
+    task_status = client.predict(*call_args(client, "/eval_run", Suite=suite, **{"Variants (in order)": ["base", "a1"],
+                                            "Max new tokens": 16, "Only the first N cases (0 = all)": 3}),
                                  api_name="/eval_run")
     assert "Started" in task_status
     task = ctx.evals.latest()
