@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from models import ArenaError, Engine, SamplingParams
+from models import ArenaError, ChatRequest, Engine, SamplingParams
 from models.jsonl import JsonlAppender
 
 from .checks import CheckResult, case_passed, needs_model, run_check, score_choice
@@ -127,38 +127,56 @@ def run_evaluation(engine: Engine, cfg: EvalConfig, data_dir: Path, judge=None, 
 
 def evaluate_case(engine, case: Case, cfg: EvalConfig, store: AnswerStore, weights: dict, judge, run: EvalRun,
                   cancel) -> list[CaseResult]:
+    """Every variant answers each turn of the case; a later turn follows the variant's own earlier answers."""
     params = cfg.params()
     system = system_for(case)
-    answers = answers_for(engine, case, cfg.variants, system, params, store, weights, cancel)
-    results = []
-    for variant in cfg.variants:
-        answer, reused = answers[variant]
-        checks = [check_one(engine, variant, case, check, answer, system, judge, run) for check in case.checks]
-        results.append(CaseResult(
-            case_id=str(case.id), category=case.category, variant=variant, prompt=case.messages[-1]["content"],
-            answer=answer, passed=case_passed(checks), score=mean_score(checks),
-            checks=[asdict(c) for c in checks], reused=reused,
-        ))
+    conversations = {v: list(case.messages) for v in cfg.variants}
+    results, answers = [], {}
+    for turn in range(case.turns):
+        if turn:
+            if cancel is not None and cancel.is_set():
+                break
+            for variant, conversation in conversations.items():
+                conversation += [{"role": "assistant", "content": answers[variant][0]},
+                                 {"role": "user", "content": case.followups[turn - 1]}]
+        answers = answers_for(engine, case, turn, conversations, system, params, store, weights, cancel)
+        for variant, conversation in conversations.items():
+            answer, reused = answers[variant]
+            checks = [check_one(engine, variant, case, check, conversation, turn, answer, system, judge, run)
+                      for check in case.checks]
+            results.append(CaseResult(
+                case_id=turn_id(case, turn), category=case.category, variant=variant,
+                prompt=conversation[-1]["content"], answer=answer, passed=case_passed(checks),
+                score=mean_score(checks), checks=[asdict(c) for c in checks], reused=reused,
+            ))
     return results
 
 
-def answers_for(engine, case, variants, system, params, store, weights, cancel) -> dict[str, tuple[str, bool]]:
-    """Stored answers where nothing changed; the rest generated together in one batched compare."""
+def turn_id(case: Case, turn: int) -> str:
+    """A multi-turn case reports each turn on its own row: mt-81, mt-81#2."""
+    return str(case.id) if turn == 0 else f"{case.id}#{turn + 1}"
+
+
+def answers_for(engine, case, turn, conversations, system, params, store, weights, cancel) -> dict[str, tuple[str, bool]]:
+    """Stored answers where nothing changed; the rest generated together in one batched call."""
+    variants = list(conversations)
     if all(needs_model(check) == "choice" for check in case.checks):
         return {v: ("", False) for v in variants}  # scored by log-likelihood, nothing to generate
-    case_key = fingerprint(case.messages, system, case.tools)
+    # Earlier answers follow from the weights, the case and the parameters, so these name a turn's answer.
+    case_key = fingerprint(case.messages, system, case.tools, *case.followups[:turn])
     keys = {v: fingerprint(weights[v], case_key, params.to_dict()) for v in variants}
     found = {v: store.get(keys[v]) for v in variants}
     missing = [v for v in variants if found[v] is None]
     answers = {v: (found[v][0], True) for v in variants if found[v] is not None}
     if missing:
-        for answer in engine.compare(missing, case.messages, system=system, params=params, cancel=cancel):
-            store.put(keys[answer.variant], answer.variant, str(case.id), answer.text, answer.stats.to_dict())
+        requests = [ChatRequest(v, conversations[v], system, params) for v in missing]
+        for answer in engine.answer_each(requests, cancel):
+            store.put(keys[answer.variant], answer.variant, turn_id(case, turn), answer.text, answer.stats.to_dict())
             answers[answer.variant] = (answer.text, False)
     return answers
 
 
-def check_one(engine, variant, case, check, answer, system, judge, run) -> CheckResult:
+def check_one(engine, variant, case, check, conversation, turn, answer, system, judge, run) -> CheckResult:
     kind = needs_model(check)
     if kind == "choice":
         scored = engine.loglikelihood(variant, case.messages, check["choices"], system=system)
@@ -167,15 +185,30 @@ def check_one(engine, variant, case, check, answer, system, judge, run) -> Check
         if judge is None:
             run.judge_skipped += 1
             return CheckResult("judge", None, None, "not graded: no judge given")
-        return judge_check(judge, case, check, answer, run)
+        return judge_check(judge, conversation, check, answer, turn_reference(case, check, turn), run)
     return run_check(check, answer, case)
 
 
-def judge_check(judge, case, check, answer, run: EvalRun) -> CheckResult:
+def turn_reference(case: Case, check: dict, turn: int) -> str | None:
+    """The judge's reference answer for this turn: the check's own for the first turn, else reference_turns."""
+    if turn == 0 and check.get("reference"):
+        return check["reference"]
+    return case.reference_turns[turn] if turn < len(case.reference_turns) else None
+
+
+def judge_instruction(conversation: list[dict]) -> str:
+    """What the judge grades the answer against: the question, after the conversation so far."""
+    if len(conversation) == 1:
+        return conversation[0]["content"]
+    earlier = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in conversation[:-1])
+    return f"[Earlier in this conversation]\n{earlier}\n\n[The question to answer now]\n{conversation[-1]['content']}"
+
+
+def judge_check(judge, conversation, check, answer, reference, run: EvalRun) -> CheckResult:
     from .judge import grade_absolute
 
-    grade = grade_absolute(judge, instruction=case.messages[-1]["content"], response=answer,
-                           rubric=check["rubric"], reference=check.get("reference"))
+    grade = grade_absolute(judge, instruction=judge_instruction(conversation), response=answer,
+                           rubric=check["rubric"], reference=reference)
     run.judge_graded += 1
     if not grade.parsed:
         run.judge_unparsed += 1

@@ -3,42 +3,22 @@
 A suite is written by hand, so it will have mistakes. A bad line is reported (line number and reason)
 and skipped; the rest still runs, so one typo does not throw away a whole evaluation. Only a suite
 with no usable case at all is an error. The check types and their fields are documented in
-`CHECK_FIELDS` below; how each is scored lives in `evaluation.checks`.
+`evaluation.check_fields.CHECK_FIELDS`; how each is scored lives in `evaluation.checks`.
+
+A case with `turns` (MT-bench's two questions) is a conversation: the first turn is asked, then each
+next one after the model's own answer, and every turn's answer is checked.
 """
 from __future__ import annotations
 
 import json
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evaluation.checks import parse_number
+from evaluation.check_fields import calls_match_tools, first_reason, validate_check
 from models.config import ArenaError
 
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
-CASE_FIELDS = ("id", "category", "prompt", "messages", "system", "tools", "check", "checks")
 PROBLEMS_IN_ERROR = 3  # enough to show the pattern of a broken file without a wall of text
-
-# Every field a check type accepts (besides "type"). A field outside this list is almost always a typo
-# ("treshold"), which would otherwise silently fall back to a default, so it is reported.
-CHECK_FIELDS: dict[str, tuple[str, ...]] = {
-    "contains": ("value", "ignore_case"),
-    "exact": ("value", "ignore_case"),
-    "regex": ("value", "ignore_case"),
-    "numeric": ("answer", "tolerance"),
-    "choice": ("choices", "answer"),
-    "function_call": ("calls",),
-    "refusal": ("should_refuse",),
-    "max_words": ("value",),
-    "min_words": ("value",),
-    "json": ("required_keys",),
-    "rouge_l": ("reference", "threshold"),
-    "bleu": ("reference", "threshold"),
-    "bertscore": ("reference", "threshold", "model"),
-    "judge": ("rubric", "threshold", "reference"),
-}
-JUDGE_SCORES = tuple(f"score{n}_description" for n in range(1, 6))
 
 
 @dataclass
@@ -46,6 +26,8 @@ class Case:
     """One test: the conversation sent to the model and the checks its answer must pass.
 
     messages: {role, content} turns ending with the user's turn (a `prompt` becomes one user turn).
+    followups: user turns asked one by one after the model's own answer to the turn before.
+    reference_turns: a reference answer per turn, for the judge (turn 1's may also be the check's).
     tools: JSON-schema function specs ({name, description, parameters}), OpenAI wrappers removed.
     line: where the case is in its suite file, so results can point back to it.
     """
@@ -57,6 +39,12 @@ class Case:
     tools: list[dict] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)
     line: int = 0
+    followups: list[str] = field(default_factory=list)
+    reference_turns: list[str] = field(default_factory=list)
+
+    @property
+    def turns(self) -> int:
+        return 1 + len(self.followups)
 
 
 @dataclass
@@ -77,171 +65,44 @@ class SuiteLoad:
     name: str
 
 
-# --- field helpers: each returns a reason, or "" when the field is fine ---------------------------------------
-
-def is_number(value) -> bool:
-    """A JSON number (bool is an int in Python, but `true` is not a number in a suite)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def need_str(check: dict, name: str) -> str:
-    value = check.get(name)
-    if not isinstance(value, str) or not value.strip():
-        return f"'{name}' must be a non-empty string"
-    return ""
-
-
-def optional_bool(check: dict, name: str) -> str:
-    if name in check and not isinstance(check[name], bool):
-        return f"'{name}' must be true or false"
-    return ""
-
-
-def number_in(check: dict, name: str, low: float, high: float, required: bool) -> str:
-    if name not in check:
-        return f"'{name}' is required" if required else ""
-    if not is_number(check[name]) or not low <= check[name] <= high:
-        return f"'{name}' must be a number between {low:g} and {high:g}"
-    return ""
-
-
-def first_reason(*reasons: str) -> str:
-    return next((reason for reason in reasons if reason), "")
-
-
-# --- one validator per check type -----------------------------------------------------------------------------
-
-def validate_text_match(check: dict) -> str:
-    value = check.get("value")
-    if check["type"] == "contains" and isinstance(value, list):
-        if not value or not all(isinstance(v, str) and v for v in value):
-            return "'value' must be a non-empty string or a list of them"
-    elif reason := need_str(check, "value"):
-        return reason
-    if check["type"] == "regex":
-        try:
-            re.compile(value)
-        except re.error as exc:
-            return f"'value' is not a valid regular expression ({exc})"
-    return optional_bool(check, "ignore_case")
-
-
-def validate_numeric(check: dict) -> str:
-    answer = check.get("answer")
-    if not is_number(answer) and not (isinstance(answer, str) and parse_number(answer) is not None):
-        return "'answer' must be a number or a numeric string"
-    return number_in(check, "tolerance", 0.0, math.inf, required=False)
-
-
-def validate_choice(check: dict) -> str:
-    choices = check.get("choices")
-    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
-        return "'choices' must be a list of at least two non-empty strings"
-    answer = check.get("answer")
-    if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
-        return f"'answer' must be the index of the right choice (0 to {len(choices) - 1})"
-    return ""
-
-
-def validate_calls(check: dict) -> str:
-    calls = check.get("calls")
-    if not isinstance(calls, list) or not calls:
-        return "'calls' must be a non-empty list of {name, arguments}"
-    for index, call in enumerate(calls):
-        if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"]:
-            return f"'calls[{index}]' must be an object with a 'name'"
-        arguments = call.get("arguments", {})
-        if not isinstance(arguments, dict):
-            return f"'calls[{index}].arguments' must be an object of argument -> allowed values"
-        for arg, allowed in arguments.items():
-            if not isinstance(allowed, list) or not allowed:
-                return f"'calls[{index}].arguments.{arg}' must be a non-empty list of allowed values"
-    return ""
-
-
-def validate_refusal(check: dict) -> str:
-    if not isinstance(check.get("should_refuse"), bool):
-        return "'should_refuse' must be true or false"
-    return ""
-
-
-def validate_word_count(check: dict) -> str:
-    value = check.get("value")
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        return "'value' must be a whole number of words (0 or more)"
-    return ""
-
-
-def validate_json(check: dict) -> str:
-    keys = check.get("required_keys", [])
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-        return "'required_keys' must be a list of strings"
-    return ""
-
-
-def validate_similarity(check: dict) -> str:
-    high = 100.0 if check["type"] == "bleu" else 1.0
-    reasons = [need_str(check, "reference"), number_in(check, "threshold", 0.0, high, required=True)]
-    if "model" in check:
-        reasons.append(need_str(check, "model"))
-    return first_reason(*reasons)
-
-
-def validate_rubric(rubric) -> str:
-    if isinstance(rubric, str):
-        return "" if rubric.strip() else "'rubric' must not be empty"
-    if not isinstance(rubric, dict):
-        return "'rubric' must be a string or an object {criteria, score1_description..score5_description}"
-    for key in ("criteria",) + JUDGE_SCORES:
-        if not isinstance(rubric.get(key), str) or not rubric[key].strip():
-            return f"'rubric.{key}' must be a non-empty string"
-    return ""
-
-
-def validate_judge(check: dict) -> str:
-    reasons = [validate_rubric(check.get("rubric")), number_in(check, "threshold", 1.0, 5.0, required=False)]
-    if "reference" in check:
-        reasons.append(need_str(check, "reference"))
-    return first_reason(*reasons)
-
-
-VALIDATORS = {
-    "contains": validate_text_match, "exact": validate_text_match, "regex": validate_text_match,
-    "numeric": validate_numeric, "choice": validate_choice, "function_call": validate_calls,
-    "refusal": validate_refusal, "max_words": validate_word_count, "min_words": validate_word_count,
-    "json": validate_json, "rouge_l": validate_similarity, "bleu": validate_similarity,
-    "bertscore": validate_similarity, "judge": validate_judge,
-}
-
-
-def validate_check(check: dict) -> str:
-    """Why this check cannot be run ('' when it is fine): unknown type, missing field, wrong type, bad value."""
-    if not isinstance(check, dict):
-        return "a check must be an object with a 'type'"
-    kind = check.get("type")
-    if not isinstance(kind, str) or not kind:
-        return "a check needs a 'type'"
-    if kind not in CHECK_FIELDS:
-        return f"unknown check type '{kind}' (known: {', '.join(CHECK_FIELDS)})"
-    extra = sorted(set(check) - set(CHECK_FIELDS[kind]) - {"type"})
-    if extra:
-        return f"unknown field '{extra[0]}' for a {kind} check (allowed: {', '.join(CHECK_FIELDS[kind])})"
-    return VALIDATORS[kind](check)
-
-
 # --- cases ------------------------------------------------------------------------------------------------------
 
+def strings(row: dict, name: str) -> tuple[list[str], str]:
+    value = row.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        return [], f"'{name}' must be a list of non-empty strings"
+    return value, ""
+
+
+def case_turns(row: dict) -> tuple[list[str], list[str], str]:
+    """(follow-up user turns, reference answer per turn, reason) from `turns` and `reference_turns`."""
+    turns, reason = strings(row, "turns")
+    references, references_reason = strings(row, "reference_turns")
+    reason = reason or references_reason
+    if reason or "turns" not in row:
+        return [], references, reason
+    if not turns:
+        return [], [], "'turns' must hold at least one question"
+    if "messages" in row:
+        return [], [], "give either 'turns' or 'messages', not both"
+    if "prompt" in row and row["prompt"] != turns[0]:
+        return [], [], "'prompt' and 'turns[0]' differ: give one of them, or the same text"
+    return turns[1:], references, ""
+
+
 def case_messages(row: dict) -> tuple[list[dict] | None, str]:
-    """The conversation of a row, from `prompt` or `messages`, or the reason it has none."""
+    """The conversation of a row, from `prompt`, `turns` or `messages`, or the reason it has none."""
     if "prompt" in row and "messages" in row:
         return None, "give either 'prompt' or 'messages', not both"
+    if "prompt" not in row and isinstance(row.get("turns"), list) and row["turns"]:
+        row = {**row, "prompt": row["turns"][0]}  # case_turns says what is wrong with bad turns
     if "prompt" in row:
         if not isinstance(row["prompt"], str) or not row["prompt"].strip():
             return None, "'prompt' must be a non-empty string"
         return [{"role": "user", "content": row["prompt"]}], ""
     messages = row.get("messages")
     if messages is None:
-        return None, "needs a 'prompt' string or a 'messages' list"
+        return None, "needs a 'prompt' string, a 'turns' list or a 'messages' list"
     if not isinstance(messages, list) or not messages:
         return None, "'messages' must be a non-empty list of {role, content}"
     for index, message in enumerate(messages):
@@ -284,27 +145,6 @@ def row_checks(row: dict) -> tuple[list[dict], str]:
     return checks, ""
 
 
-def calls_match_tools(check: dict, tools: list[dict]) -> str:
-    """Expected calls must name one of the case's tools and only arguments that tool has."""
-    if not tools:
-        return "needs the case's 'tools' (the functions the model may call)"
-    specs = {tool["name"]: tool for tool in tools}
-    for index, call in enumerate(check["calls"]):
-        spec = specs.get(call["name"])
-        if spec is None:
-            return f"'calls[{index}].name' '{call['name']}' is not one of the tools ({', '.join(specs)})"
-        parameters = spec.get("parameters", {})
-        listed = call.get("arguments", {})
-        unknown = [arg for arg in listed if parameters.get("properties") and arg not in parameters["properties"]]
-        if unknown:
-            return f"'calls[{index}].arguments.{unknown[0]}' is not a parameter of '{call['name']}'"
-        # a required argument the call does not list could never be given without being "unexpected"
-        unlisted = [arg for arg in parameters.get("required", []) if arg not in listed]
-        if unlisted:
-            return f"'calls[{index}].arguments' lacks '{unlisted[0]}', which '{call['name']}' requires"
-    return ""
-
-
 def checks_reason(checks: list, tools: list[dict]) -> str:
     for index, check in enumerate(checks, 1):
         reason = validate_check(check)
@@ -328,11 +168,14 @@ def parse_case(row: dict, line: int) -> tuple[Case | None, str]:
     messages, reason = case_messages(row)
     tools, tools_reason = case_tools(row)
     checks, checks_missing = row_checks(row)
-    reason = first_reason(reason, tools_reason, checks_missing) or checks_reason(checks, tools)
+    followups, references, turns_reason = case_turns(row)
+    reason = first_reason(turns_reason, reason, tools_reason, checks_missing) or checks_reason(checks, tools)
+    if not reason and followups and any(check["type"] == "choice" for check in checks):
+        reason = "a 'choice' check scores one answer's likelihood: it cannot be used with several 'turns'"
     if reason:
         return None, reason
     case = Case(id=case_id, category=row["category"], messages=messages, system=row.get("system"),
-                tools=tools, checks=checks, line=line)
+                tools=tools, checks=checks, line=line, followups=followups, reference_turns=references)
     return case, ""
 
 

@@ -23,7 +23,7 @@ import torch
 
 from . import adapters as registry
 from .adapters import AdapterInfo, check_compatible
-from .base import LoadedBase, load_base
+from .base import LoadedBase, first_line, load_base
 from .config import ArenaError, EngineConfig, SamplingParams
 from .device_queue import Cancelled, DeviceQueue
 from .prompts import build_prompt_ids, normalize_messages
@@ -188,7 +188,7 @@ class Engine:
             self._peft.eval()
         except Exception as exc:  # PEFT raises many kinds; the adapter is skipped, the server goes on
             self._detach(info.name)
-            return f"PEFT could not load it: {registry_first_line(exc)}"
+            return f"PEFT could not load it: {first_line(exc)[:300]}"
         info.trainable_parameters = sum(
             p.numel() for n, p in self._peft.named_parameters() if f".{info.name}." in n
         )
@@ -325,8 +325,16 @@ class Engine:
         return self.stream([ChatRequest(v, messages, system, params) for v in variants], cancel)
 
     def compare(self, variants: list[str], messages, **kwargs) -> list[Answer]:
-        answers: list[Answer | None] = [None] * len(variants)
-        for event in self.compare_stream(variants, messages, **kwargs):
+        return self.answers(self.compare_stream(variants, messages, **kwargs), len(variants))
+
+    def answer_each(self, requests: list[ChatRequest], cancel=None) -> list[Answer]:
+        """Whole answers to requests that may differ in history (each variant's own earlier answers)."""
+        return self.answers(self.stream(requests, cancel), len(requests))
+
+    @staticmethod
+    def answers(events: Iterator[StreamEvent], count: int) -> list[Answer]:
+        answers: list[Answer | None] = [None] * count
+        for event in events:
             if event.done:
                 answers[event.index] = Answer(event.variant, event.text, event.stats)
         return answers
@@ -374,11 +382,6 @@ class Engine:
             "load_seconds": round(self.base.load_seconds, 2), "notes": self.base.notes,
             "waiting": self.device.waiting,
         }
-
-
-def registry_first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
 
 
 class _either:

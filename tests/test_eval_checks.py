@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from tests.helpers import shared_data
 
 from evaluation.checks import CheckResult, case_passed, needs_model, run_check, score_choice
-from evaluation.suite import CHECK_FIELDS, Case, load_suite, validate_check
+from evaluation.check_fields import CHECK_FIELDS, validate_check
+from evaluation.suite import Case, load_suite
 from models.config import ArenaError
+
+SUITES = Path(__file__).resolve().parent.parent / "evaluation" / "suites"
 
 GLAIVE = shared_data() / "glaive_toolcall_en_demo.json"
 
@@ -425,3 +429,38 @@ def test_real_glaive_calls_pass_their_own_check_and_fail_when_corrupted(tmp_path
         broken, argument = corrupt(gold)
         got = run_check(case_.checks[0], broken, case_)
         assert got.passed is False and f"argument '{argument}'" in got.detail, got.detail
+
+
+def test_turns_become_follow_ups_and_their_mistakes_are_named(tmp_path):
+    judge = {"type": "judge", "rubric": "Helpful?"}
+    rows = [
+        {"id": "t1", "category": "c", "turns": ["Write a haiku.", "Now make it rhyme."], "check": judge,
+         "reference_turns": ["An old pond...", "A rhyming one."]},
+        {"id": "t2", "category": "c", "prompt": "A", "turns": ["B", "C"], "check": judge},
+        {"id": "t3", "category": "c", "messages": [{"role": "user", "content": "A"}], "turns": ["A", "B"], "check": judge},
+        {"id": "t4", "category": "c", "turns": ["A", ""], "check": judge},
+        {"id": "t5", "category": "c", "turns": ["A", "B"],
+         "check": {"type": "choice", "choices": ["x", "y"], "answer": 0}},
+        {"id": "t6", "category": "c", "turns": [], "check": judge},
+    ]
+    path = tmp_path / "turns.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    loaded = load_suite(path)
+    [case] = loaded.cases
+    assert case.messages == [{"role": "user", "content": "Write a haiku."}]
+    assert case.followups == ["Now make it rhyme."] and case.turns == 2
+    assert case.reference_turns == ["An old pond...", "A rhyming one."]
+    assert {p.line: p.reason for p in loaded.problems} == {
+        2: "'prompt' and 'turns[0]' differ: give one of them, or the same text",
+        3: "give either 'turns' or 'messages', not both",
+        4: "'turns' must be a list of non-empty strings",
+        5: "a 'choice' check scores one answer's likelihood: it cannot be used with several 'turns'",
+        6: "'turns' must hold at least one question",
+    }
+
+
+def test_mt_bench_loads_both_turns():
+    cases = load_suite(SUITES / "mt_bench.jsonl").cases
+    assert len(cases) == 80 and all(c.turns == 2 for c in cases)
+    with_references = [c for c in cases if c.reference_turns]
+    assert len(with_references) == 30 and all(len(c.reference_turns) == 2 for c in with_references)

@@ -525,3 +525,39 @@ def test_generation_with_the_tiny_engine_as_teacher(tiny_engine, tmp_path):
     teacher = EngineJudge(tiny_engine, "base", SamplingParams(max_new_tokens=12))
     report = generate_data(source, None, "instruction", teacher, tmp_path / "g.json", max_retries=1, progress=False)
     assert report.inputs == 2 and report.kept + sum(report.rejected_by_reason.values()) == 2  # every input accounted
+
+
+def test_a_multi_turn_case_follows_each_variants_own_answers(tiny_engine, chat_server, tmp_path):
+    """MT-bench's second turn: asked after the variant's own first answer; the judge sees that conversation."""
+    from evaluation.runner import EvalConfig, run_evaluation
+
+    server = chat_server(lambda body: "Good. [RESULT] 5")
+    suite = tmp_path / "two_turns.jsonl"
+    suite.write_text(json.dumps({
+        "id": "mt-1", "category": "writing", "turns": ["Say hi.", "Now say bye."], "reference_turns": ["Hi!", "Bye!"],
+        "check": {"type": "judge", "rubric": "Is it helpful?"}}) + "\n", encoding="utf-8")
+    cfg = EvalConfig(suite=str(suite), variants=["base", "a1"], max_new_tokens=8)
+    run = run_evaluation(tiny_engine, cfg, tmp_path, judge=OpenAIJudge(server.url, "judge"))
+    by_turn = {(r.case_id, r.variant): r for r in run.results}
+    assert sorted(by_turn) == [("mt-1", "a1"), ("mt-1", "base"), ("mt-1#2", "a1"), ("mt-1#2", "base")]
+    params = SamplingParams(max_new_tokens=8)
+    for variant in ("base", "a1"):
+        first = by_turn[("mt-1", variant)].answer
+        assert first == tiny_engine.generate(variant, "Say hi.", params=params).text
+        conversation = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": first},
+                        {"role": "user", "content": "Now say bye."}]
+        assert by_turn[("mt-1#2", variant)].answer == tiny_engine.generate(variant, conversation, params=params).text
+        assert by_turn[("mt-1#2", variant)].prompt == "Now say bye."
+    prompts = [body["messages"][1]["content"] for body in server.bodies()]
+    first_turn = [p for p in prompts if "Earlier in this conversation" not in p]
+    second_turn = [p for p in prompts if "Earlier in this conversation" in p]
+    assert len(first_turn) == len(second_turn) == 2
+    assert all("Say hi." in p and "(Score 5):\nHi!" in p for p in first_turn)
+    for variant, prompt in zip(("base", "a1"), second_turn):
+        assert f"User: Say hi.\n\nAssistant: {by_turn[('mt-1', variant)].answer}" in prompt
+        assert "[The question to answer now]\nNow say bye." in prompt and "(Score 5):\nBye!" in prompt
+    assert run.judge_graded == 4 and all(r.passed for r in run.results)
+    # A rerun reuses the stored answers of both turns.
+    again = run_evaluation(tiny_engine, cfg, tmp_path, judge=OpenAIJudge(server.url, "judge"))
+    assert all(r.reused for r in again.results)
+    assert [r.answer for r in again.results] == [r.answer for r in run.results]

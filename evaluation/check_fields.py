@@ -1,0 +1,204 @@
+"""What each check type of a suite must contain: its fields, and one validator per type.
+
+Each validator returns the reason a check cannot run, or "" when it is fine, so a suite can list every
+bad line with its reason instead of failing on the first. How checks are scored is `evaluation.checks`.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+from evaluation.checks import parse_number
+
+# Every field a check type accepts (besides "type"). A field outside this list is almost always a typo
+# ("treshold"), which would otherwise silently fall back to a default, so it is reported.
+CHECK_FIELDS: dict[str, tuple[str, ...]] = {
+    "contains": ("value", "ignore_case"),
+    "exact": ("value", "ignore_case"),
+    "regex": ("value", "ignore_case"),
+    "numeric": ("answer", "tolerance"),
+    "choice": ("choices", "answer"),
+    "function_call": ("calls",),
+    "refusal": ("should_refuse",),
+    "max_words": ("value",),
+    "min_words": ("value",),
+    "json": ("required_keys",),
+    "rouge_l": ("reference", "threshold"),
+    "bleu": ("reference", "threshold"),
+    "bertscore": ("reference", "threshold", "model"),
+    "judge": ("rubric", "threshold", "reference"),
+}
+JUDGE_SCORES = tuple(f"score{n}_description" for n in range(1, 6))
+
+
+# --- field helpers: each returns a reason, or "" when the field is fine ---------------------------------------
+
+def is_number(value) -> bool:
+    """A JSON number (bool is an int in Python, but `true` is not a number in a suite)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def need_str(check: dict, name: str) -> str:
+    value = check.get(name)
+    if not isinstance(value, str) or not value.strip():
+        return f"'{name}' must be a non-empty string"
+    return ""
+
+
+def optional_bool(check: dict, name: str) -> str:
+    if name in check and not isinstance(check[name], bool):
+        return f"'{name}' must be true or false"
+    return ""
+
+
+def number_in(check: dict, name: str, low: float, high: float, required: bool) -> str:
+    if name not in check:
+        return f"'{name}' is required" if required else ""
+    if not is_number(check[name]) or not low <= check[name] <= high:
+        return f"'{name}' must be a number between {low:g} and {high:g}"
+    return ""
+
+
+def first_reason(*reasons: str) -> str:
+    return next((reason for reason in reasons if reason), "")
+
+
+# --- one validator per check type -----------------------------------------------------------------------------
+
+def validate_text_match(check: dict) -> str:
+    value = check.get("value")
+    if check["type"] == "contains" and isinstance(value, list):
+        if not value or not all(isinstance(v, str) and v for v in value):
+            return "'value' must be a non-empty string or a list of them"
+    elif reason := need_str(check, "value"):
+        return reason
+    if check["type"] == "regex":
+        try:
+            re.compile(value)
+        except re.error as exc:
+            return f"'value' is not a valid regular expression ({exc})"
+    return optional_bool(check, "ignore_case")
+
+
+def validate_numeric(check: dict) -> str:
+    answer = check.get("answer")
+    if not is_number(answer) and not (isinstance(answer, str) and parse_number(answer) is not None):
+        return "'answer' must be a number or a numeric string"
+    return number_in(check, "tolerance", 0.0, math.inf, required=False)
+
+
+def validate_choice(check: dict) -> str:
+    choices = check.get("choices")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+        return "'choices' must be a list of at least two non-empty strings"
+    answer = check.get("answer")
+    if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
+        return f"'answer' must be the index of the right choice (0 to {len(choices) - 1})"
+    return ""
+
+
+def validate_calls(check: dict) -> str:
+    calls = check.get("calls")
+    if not isinstance(calls, list) or not calls:
+        return "'calls' must be a non-empty list of {name, arguments}"
+    for index, call in enumerate(calls):
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"]:
+            return f"'calls[{index}]' must be an object with a 'name'"
+        arguments = call.get("arguments", {})
+        if not isinstance(arguments, dict):
+            return f"'calls[{index}].arguments' must be an object of argument -> allowed values"
+        for arg, allowed in arguments.items():
+            if not isinstance(allowed, list) or not allowed:
+                return f"'calls[{index}].arguments.{arg}' must be a non-empty list of allowed values"
+    return ""
+
+
+def validate_refusal(check: dict) -> str:
+    if not isinstance(check.get("should_refuse"), bool):
+        return "'should_refuse' must be true or false"
+    return ""
+
+
+def validate_word_count(check: dict) -> str:
+    value = check.get("value")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return "'value' must be a whole number of words (0 or more)"
+    return ""
+
+
+def validate_json(check: dict) -> str:
+    keys = check.get("required_keys", [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        return "'required_keys' must be a list of strings"
+    return ""
+
+
+def validate_similarity(check: dict) -> str:
+    high = 100.0 if check["type"] == "bleu" else 1.0
+    reasons = [need_str(check, "reference"), number_in(check, "threshold", 0.0, high, required=True)]
+    if "model" in check:
+        reasons.append(need_str(check, "model"))
+    return first_reason(*reasons)
+
+
+def validate_rubric(rubric) -> str:
+    if isinstance(rubric, str):
+        return "" if rubric.strip() else "'rubric' must not be empty"
+    if not isinstance(rubric, dict):
+        return "'rubric' must be a string or an object {criteria, score1_description..score5_description}"
+    for key in ("criteria",) + JUDGE_SCORES:
+        if not isinstance(rubric.get(key), str) or not rubric[key].strip():
+            return f"'rubric.{key}' must be a non-empty string"
+    return ""
+
+
+def validate_judge(check: dict) -> str:
+    reasons = [validate_rubric(check.get("rubric")), number_in(check, "threshold", 1.0, 5.0, required=False)]
+    if "reference" in check:
+        reasons.append(need_str(check, "reference"))
+    return first_reason(*reasons)
+
+
+VALIDATORS = {
+    "contains": validate_text_match, "exact": validate_text_match, "regex": validate_text_match,
+    "numeric": validate_numeric, "choice": validate_choice, "function_call": validate_calls,
+    "refusal": validate_refusal, "max_words": validate_word_count, "min_words": validate_word_count,
+    "json": validate_json, "rouge_l": validate_similarity, "bleu": validate_similarity,
+    "bertscore": validate_similarity, "judge": validate_judge,
+}
+
+
+def validate_check(check: dict) -> str:
+    """Why this check cannot be run ('' when it is fine): unknown type, missing field, wrong type, bad value."""
+    if not isinstance(check, dict):
+        return "a check must be an object with a 'type'"
+    kind = check.get("type")
+    if not isinstance(kind, str) or not kind:
+        return "a check needs a 'type'"
+    if kind not in CHECK_FIELDS:
+        return f"unknown check type '{kind}' (known: {', '.join(CHECK_FIELDS)})"
+    extra = sorted(set(check) - set(CHECK_FIELDS[kind]) - {"type"})
+    if extra:
+        return f"unknown field '{extra[0]}' for a {kind} check (allowed: {', '.join(CHECK_FIELDS[kind])})"
+    return VALIDATORS[kind](check)
+
+
+def calls_match_tools(check: dict, tools: list[dict]) -> str:
+    """Expected calls must name one of the case's tools and only arguments that tool has."""
+    if not tools:
+        return "needs the case's 'tools' (the functions the model may call)"
+    specs = {tool["name"]: tool for tool in tools}
+    for index, call in enumerate(check["calls"]):
+        spec = specs.get(call["name"])
+        if spec is None:
+            return f"'calls[{index}].name' '{call['name']}' is not one of the tools ({', '.join(specs)})"
+        parameters = spec.get("parameters", {})
+        listed = call.get("arguments", {})
+        unknown = [arg for arg in listed if parameters.get("properties") and arg not in parameters["properties"]]
+        if unknown:
+            return f"'calls[{index}].arguments.{unknown[0]}' is not a parameter of '{call['name']}'"
+        # a required argument the call does not list could never be given without being "unexpected"
+        unlisted = [arg for arg in parameters.get("required", []) if arg not in listed]
+        if unlisted:
+            return f"'calls[{index}].arguments' lacks '{unlisted[0]}', which '{call['name']}' requires"
+    return ""
