@@ -7,10 +7,10 @@ import gradio as gr
 
 from evaluation.votes import Vote
 from models import ArenaError
-from models.chat import Column, answer_turn, check_message, stats_line
+from models.chat import Column, answer_turn, check_message, shown_messages, stats_line
 
 from .settings import AppContext
-from .web_search import search_for_turn
+from .web_search import search_step
 from .zerogpu import on_gpu
 from .widgets import SamplingWidgets, Throttle, session_of, user_errors
 
@@ -84,12 +84,10 @@ class ArenaTab:
         columns = [Column(pair[0], list(data[self.histories][0]), params),
                    Column(pair[1], list(data[self.histories][1]), params)]
         cancel = self.ctx.cancels.fresh(session_of(request))
-        sources_md, augment = "", None
-        if data[self.search]:
-            yield {self.sources: "_Searching the web…_", self.message: ""}
-            sources_md, augment = search_for_turn(self.ctx.search, message)
+        sources_md, sent = yield from search_step(self.ctx.search, message, data[self.search], self.sources,
+                                                  self.message)
         throttle = Throttle()
-        for columns in answer_turn(self.ctx.engine, columns, message, augment=augment, cancel=cancel):
+        for columns in answer_turn(self.ctx.engine, columns, message, sent=sent, cancel=cancel):
             if throttle.ready():
                 yield self._render(pair, columns, sources_md, voting=False)
         yield self._render(pair, columns, sources_md, voting=True)
@@ -100,7 +98,7 @@ class ArenaTab:
     def _render(self, pair, columns: list[Column], sources_md: str, voting: bool) -> dict:
         update = {
             self.message: "", self.pair: pair, self.histories: [c.history for c in columns],
-            self.chat_a: columns[0].history, self.chat_b: columns[1].history,
+            self.chat_a: shown_messages(columns[0].history), self.chat_b: shown_messages(columns[1].history),
             self.stats_a: stats_line(columns[0].stats), self.stats_b: stats_line(columns[1].stats),
             self.sources: sources_md,
         }
@@ -111,7 +109,7 @@ class ArenaTab:
     def _vote_handler(self, winner: str):
         @user_errors
         def vote(data: dict, request: gr.Request):
-            pair, histories = data[self.pair], data[self.histories]
+            pair, histories = data[self.pair], [shown_messages(h) for h in data[self.histories]]  # no sources blob
             if not pair or not histories[0]:
                 raise ArenaError("ask something first, then vote")
             self.ctx.votes.add(Vote(variant_a=pair[0], variant_b=pair[1], winner=winner,

@@ -7,10 +7,10 @@ import gradio as gr
 
 from evaluation.votes import Vote
 from models import SamplingParams
-from models.chat import Column, answer_turn, check_message, drop_last_turn, stats_line
+from models.chat import Column, answer_turn, check_message, drop_last_turn, shown_messages, stats_line
 
 from .settings import AppContext
-from .web_search import search_for_turn
+from .web_search import search_step
 from .zerogpu import on_gpu
 from .widgets import SamplingWidgets, Throttle, session_of, user_errors
 
@@ -140,13 +140,11 @@ class CompareTab:
 
     def _turn(self, data: dict, columns: list[Column], message: str, request: gr.Request):
         cancel = self.ctx.cancels.fresh(session_of(request))
-        sources_md, augment = "", None
-        if data[self.search]:
-            yield {self.sources: "_Searching the web…_", self.message: ""}
-            sources_md, augment = search_for_turn(self.ctx.search, message)
+        sources_md, sent = yield from search_step(self.ctx.search, message, data[self.search], self.sources,
+                                                  self.message)
         throttle = Throttle()
         for columns in answer_turn(self.ctx.engine, columns, message, system=data[self.system] or None,
-                                   augment=augment, cancel=cancel):
+                                   sent=sent, cancel=cancel):
             if throttle.ready():
                 yield self._render(columns, data, sources_md)
         yield self._render(columns, data, sources_md)
@@ -155,8 +153,8 @@ class CompareTab:
         histories = list(data[self.state])
         update = {self.message: "", self.sources: sources_md, self.vote_status: ""}
         for i, column in enumerate(columns):
-            histories[i] = column.history
-            update[self.columns[i].chatbot] = column.history
+            histories[i] = column.history  # kept on the server with what each turn sent the model
+            update[self.columns[i].chatbot] = shown_messages(column.history)
             update[self.columns[i].stats] = stats_line(column.stats)
         update[self.state] = histories
         return update
@@ -190,7 +188,7 @@ class CompareTab:
         def vote(data: dict, request: gr.Request):
             count = int(data[self.n_columns])
             variants = [data[w.variant] for w in self.columns[:count]]
-            histories = data[self.state][:count]
+            histories = [shown_messages(h) for h in data[self.state][:count]]  # no sources blob in the votes
             if not all(any(m["role"] == "assistant" and m["content"] for m in h) for h in histories):
                 raise gr.Error("Ask something first: every column needs an answer to vote on.", print_exception=False)
             votes = compare_votes(kind, variants, histories, self.sampling.params(data).to_dict(), session_of(request))

@@ -3,13 +3,18 @@
 Each column has its own variant, history and sampling settings; a turn sends the same user
 message (with the same web-search sources, so the comparison stays fair) to every column through
 one `Engine.stream` call and yields every column's partial answer as it grows.
+
+A user message in a history may carry a `sent` key: the text the model was given in place of the
+user's words (the web-search sources, then the question). Later turns send it again, so a
+follow-up such as "tell me more about [2]" still has its sources; `shown_messages` is what the
+chat displays and votes keep, the user's own words.
 """
 from __future__ import annotations
 
 import datetime
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Iterator
 
 from .config import ArenaError, SamplingParams
 from .engine import ChatRequest, Engine
@@ -19,7 +24,7 @@ from .streaming import GenerationStats
 @dataclass
 class Column:
     variant: str
-    history: list[dict] = field(default_factory=list)  # what the chat shows: user/assistant messages
+    history: list[dict] = field(default_factory=list)  # user/assistant messages; user ones may hold "sent"
     params: SamplingParams = field(default_factory=SamplingParams)
     stats: GenerationStats | None = None
 
@@ -33,23 +38,30 @@ def check_message(message: str, max_chars: int) -> str:
     return text
 
 
+def model_messages(history: list[dict]) -> list[dict]:
+    """What the model is given for a history: each user message as it was sent (sources included)."""
+    return [{"role": m["role"], "content": m.get("sent", m["content"])} for m in history]
+
+
+def shown_messages(history: list[dict]) -> list[dict]:
+    """The history as the user saw it, for the chat display and votes: the sources stay on the server."""
+    return [{"role": m["role"], "content": m["content"]} for m in history]
+
+
 def answer_turn(engine: Engine, columns: list[Column], message: str, *, system: str | None = None,
-                augment: Callable[[list[dict]], list[dict]] | None = None,
-                cancel: threading.Event | None = None) -> Iterator[list[Column]]:
+                sent: str | None = None, cancel: threading.Event | None = None) -> Iterator[list[Column]]:
     """Append the user message to every column and stream all answers; yields the columns as they grow.
 
-    `augment`, when given, rewrites the messages sent to the model (web-search sources put in
-    front of the question); every column gets the same rewrite, and the shown history keeps the
-    user's own words.
+    `sent`, when given, is what the model gets instead of `message` (web-search sources in front of
+    the question); every column gets the same text, and it stays in the history for later turns.
     """
+    user = {"role": "user", "content": message}
+    if sent is not None:
+        user["sent"] = sent
     for column in columns:
-        column.history = column.history + [{"role": "user", "content": message},
-                                           {"role": "assistant", "content": ""}]
+        column.history = column.history + [dict(user), {"role": "assistant", "content": ""}]
         column.stats = None
-    requests = [
-        ChatRequest(c.variant, augment(c.history[:-1]) if augment else c.history[:-1], system, c.params)
-        for c in columns
-    ]
+    requests = [ChatRequest(c.variant, model_messages(c.history[:-1]), system, c.params) for c in columns]
     for event in engine.stream(requests, cancel):
         column = columns[event.index]
         column.history[-1] = {"role": "assistant", "content": event.text}
@@ -59,7 +71,7 @@ def answer_turn(engine: Engine, columns: list[Column], message: str, *, system: 
 
 
 def drop_last_turn(columns: list[Column]) -> str | None:
-    """For Regenerate: remove the last user message and answer everywhere; return that message."""
+    """For Regenerate: remove the last user message (and what it sent) and answer everywhere; return its words."""
     message = None
     for column in columns:
         while column.history and column.history[-1]["role"] == "assistant":

@@ -268,6 +268,12 @@ def sources_prompt(outcome: SearchOutcome | None, today: datetime.date, snippet_
     return "\n".join(lines)
 
 
+def augment_question(question: str, outcome: SearchOutcome | None, today: datetime.date) -> str:
+    """The user's question with the sources in front, as the model gets it; the question alone without sources."""
+    block = sources_prompt(outcome, today)
+    return f"{block}\n\nQuestion: {question}" if block else question
+
+
 def augment_messages(messages: list[dict], outcome: SearchOutcome | None, today: datetime.date,
                      where: Literal["user", "system"] = "user") -> list[dict]:
     """New messages with the sources inserted; the input list and its dicts are left untouched.
@@ -289,7 +295,7 @@ def augment_messages(messages: list[dict], outcome: SearchOutcome | None, today:
         return copied
     for message in reversed(copied):
         if message.get("role") == "user":
-            message["content"] = f"{block}\n\nQuestion: {message['content']}"
+            message["content"] = augment_question(message["content"], outcome, today)
             return copied
     return copied + [{"role": "user", "content": block}]
 

@@ -9,10 +9,12 @@ from gradio_client import Client
 from evaluation.export import read_preference_pairs
 from evaluation.votes import Vote, VoteStore
 from models import Engine, EngineConfig, SamplingParams
-from models.search import SearchResult, StaticProvider, WebSearch
+from models.chat import today
+from models.search import SearchResult, StaticProvider, WebSearch, augment_question
 from tests.app_client import call_args
 
 FRANCE = "What is the capital of France?"
+FOLLOW_UP = "What is the title of source [1]?"  # sent without the sources, the model makes a title up
 # What /compare_send returns (session state is kept by the client, not returned):
 SOURCES, CHAT_1, CHAT_2, STATS_1, STATS_2 = 1, 3, 4, 7, 8
 
@@ -103,6 +105,43 @@ def test_search_sources_go_to_every_column(launch_app, real_engine):
     final = compare(client, "capital of France", **{"Web search": True, "Max new tokens": 12})[-1]
     assert "[Paris - Wikipedia](https://en.wikipedia.org/wiki/Paris)" in final[SOURCES]
     assert provider.calls == 1  # one search for both columns
+
+
+def test_a_follow_up_still_sees_the_first_turns_sources_but_chat_and_vote_keep_the_words(launch_app, real_engine):
+    paris = SearchResult("Paris - Wikipedia", "https://en.wikipedia.org/wiki/Paris",
+                         "Paris is the capital and largest city of France.")
+    search = WebSearch(StaticProvider({"capital of france": [paris]}))
+    ctx, url = launch_app(real_engine, search=search)
+    client = Client(url, verbose=False)
+    widgets = {"Column 1": "base", "Column 2": "pirate", "Max new tokens": 12}
+    first = compare(client, "capital of France", **widgets, **{"Web search": True})[-1]
+    final = compare(client, FOLLOW_UP, **widgets)[-1]  # no search: only turn 1's sources can answer it
+    sent = augment_question("capital of France", search.search("capital of France"), today())
+    expected = [{"role": "user", "content": sent}, {"role": "assistant", "content": text_of(first[CHAT_1][-1])},
+                {"role": "user", "content": FOLLOW_UP}]
+    answer = real_engine.generate("base", expected, params=SamplingParams(max_new_tokens=12)).text
+    assert text_of(final[CHAT_1][-1]) == answer
+    for chat in (final[CHAT_1], final[CHAT_2]):
+        assert [text_of(m) for m in chat if m["role"] == "user"] == ["capital of France", FOLLOW_UP]
+    status = client.predict(*call_args(client, "/compare_vote_tie", **widgets), api_name="/compare_vote_tie")
+    assert "Vote saved" in status
+    vote = ctx.votes.all()[-1]
+    words = [m["content"] for m in vote.conversation_a if m["role"] == "user"]
+    assert words == ["capital of France", FOLLOW_UP]
+    assert all(set(m) == {"role", "content"} for m in vote.conversation_a + vote.conversation_b)
+
+
+def test_an_arena_vote_after_a_searched_turn_keeps_the_users_words(launch_app, real_engine):
+    paris = SearchResult("Paris", "https://example.org/paris", "The capital of France.")
+    search = WebSearch(StaticProvider({"capital of france": [paris]}))
+    ctx, url = launch_app(real_engine, search=search)
+    client = Client(url, verbose=False)
+    args = call_args(client, "/arena_send", Message="capital of France", **{"Web search": True, "Max new tokens": 8})
+    final = client.submit(*args, api_name="/arena_send").result(timeout=120)
+    assert [text_of(m) for m in final[1] if m["role"] == "user"] == ["capital of France"]
+    client.predict(*call_args(client, "/arena_vote_tie"), api_name="/arena_vote_tie")
+    vote = ctx.votes.all()[-1]
+    assert vote.conversation_a[0] == vote.conversation_b[0] == {"role": "user", "content": "capital of France"}
 
 
 def test_too_long_message_is_refused_in_one_line(real_app):

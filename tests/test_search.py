@@ -1,4 +1,6 @@
-"""Web search as the chat sees it: sources in the prompt and under the answers, and no failure that stops a chat.
+"""Web search as the chat sees it: sources in the prompt, kept for follow-ups, and under the answers.
+
+A failing search never stops a chat.
 
 Nothing is mocked: the DuckDuckGo test really goes to the network (there is none here, so it sees the real
 failure path), and SearXNG is talked to over real HTTP on a local server started by the test.
@@ -15,10 +17,13 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from models.config import ArenaError
+from app.web_search import SEARCHING, search_for_turn, search_step
+from models.chat import Column, answer_turn, drop_last_turn, model_messages, shown_messages
+from models.config import ArenaError, SamplingParams
+from models.prompts import build_prompt_ids
 from models.search import (
     DuckDuckGoProvider, SearchOutcome, SearchResult, SearxngProvider, StaticProvider, WebSearch,
-    augment_messages, provider_from_settings, sources_markdown, sources_prompt,
+    augment_messages, augment_question, provider_from_settings, sources_markdown, sources_prompt,
 )
 
 TODAY = datetime.date(2026, 11, 23)
@@ -189,6 +194,67 @@ def test_sources_markdown_lists_the_links_or_shows_the_notice():
 def test_sources_markdown_does_not_link_non_web_urls():
     odd = SearchOutcome("q", [SearchResult("click [me]", "javascript:alert(1)")], provider="static")
     assert "](javascript:" not in sources_markdown(odd)
+
+
+def test_augment_question_is_what_augment_messages_puts_in_the_last_user_message():
+    outcome = WebSearch(StaticProvider({"q": PARIS})).search("q")
+    assert augment_question("q", outcome, TODAY) == augment_messages([{"role": "user", "content": "q"}],
+                                                                    outcome, TODAY)[-1]["content"]
+    assert augment_question("q", None, TODAY) == "q"
+
+
+def test_model_messages_send_each_turn_as_it_was_sent_and_the_chat_shows_the_words():
+    history = [{"role": "user", "content": "capital of France", "sent": "[1] Paris...\n\nQuestion: capital of France"},
+               {"role": "assistant", "content": "Paris [1]."},
+               {"role": "user", "content": "tell me more about [1]"}]
+    assert model_messages(history) == [
+        {"role": "user", "content": "[1] Paris...\n\nQuestion: capital of France"},
+        {"role": "assistant", "content": "Paris [1]."},
+        {"role": "user", "content": "tell me more about [1]"},
+    ]
+    assert shown_messages(history) == [{"role": m["role"], "content": m["content"]} for m in history]
+    assert "sent" in history[0]  # the kept history itself is not changed
+
+
+def test_regenerate_drops_the_sent_text_with_its_turn():
+    sent = {"role": "user", "content": "q2", "sent": "sources\n\nQuestion: q2"}
+    columns = [Column(v, [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+                          dict(sent), {"role": "assistant", "content": "a2"}]) for v in ("base", "a1")]
+    assert drop_last_turn(columns) == "q2"
+    assert all(c.history == [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]
+               for c in columns)
+
+
+def test_search_step_yields_the_notice_only_when_search_is_wanted():
+    search = WebSearch(StaticProvider({"capital of france": PARIS}))
+    step = search_step(search, "capital of France", True, "sources", "box")
+    assert next(step) == {"sources": SEARCHING, "box": ""}
+    with pytest.raises(StopIteration) as done:
+        next(step)
+    markdown, sent = done.value.value
+    assert "[Paris - Wikipedia](https://en.wikipedia.org/wiki/Paris)" in markdown
+    assert sent == augment_question("capital of France", search.search("capital of France"), datetime.date.today())
+    assert list(search_step(search, "capital of France", False, "sources", "box")) == []
+
+
+def test_a_follow_up_turn_still_sends_the_first_turns_sources_to_every_column(tiny_engine):
+    """Turn 1 is searched, turn 2 ("more about [1]") is not: the model must still see turn 1's sources."""
+    search = WebSearch(StaticProvider({"capital of france": PARIS}))
+    params = SamplingParams(max_new_tokens=6)
+    columns = [Column("base", params=params), Column("a1", params=params)]
+    _, sent = search_for_turn(search, "capital of France")
+    columns = list(answer_turn(tiny_engine, columns, "capital of France", sent=sent))[-1]
+    columns = list(answer_turn(tiny_engine, columns, "tell me more about [1]"))[-1]
+    tokenizer = tiny_engine.base.tokenizer
+    for column in columns:
+        first_answer = column.history[1]["content"]
+        expected = [{"role": "user", "content": sent}, {"role": "assistant", "content": first_answer},
+                    {"role": "user", "content": "tell me more about [1]"}]
+        assert "[1] Paris - Wikipedia (https://en.wikipedia.org/wiki/Paris)" in sent
+        assert column.stats.prompt_tokens == len(build_prompt_ids(tokenizer, expected))
+        assert column.history[-1]["content"] == tiny_engine.generate(column.variant, expected, params=params).text
+        assert [m["content"] for m in shown_messages(column.history) if m["role"] == "user"] == [
+            "capital of France", "tell me more about [1]"]
 
 
 class _SearxngHandler(BaseHTTPRequestHandler):
