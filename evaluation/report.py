@@ -164,8 +164,10 @@ def percent(x: float) -> str:
 
 def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, steps: pd.DataFrame, chart_name: str) -> str:
     variants = run.config.variants
+    cases = len({r.case_id for r in run.results if r.turn == 1})
+    turns = len({r.case_id for r in run.results})
     lines = [f"# Evaluation: {run.suite_name}", "",
-             f"Variants: {', '.join(variants)}. Cases: {len({r.case_id for r in run.results})}. "
+             f"Variants: {', '.join(variants)}. Cases: {cases}" + (f" ({turns} turns)" if turns > cases else "") + ". "
              f"Greedy, max {run.config.max_new_tokens} new tokens. {run.seconds:.0f} s."
              + (" **Cancelled before the end.**" if run.cancelled else ""), ""]
     if run.problems:
@@ -187,6 +189,7 @@ def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, steps: pd.Da
         lines.append(f"| {'**overall**' if category == 'overall' else category} (n={int(part['cases'].max())}) | "
                      + " | ".join(cells) + " |")
     lines += ["", f"![scores per category]({chart_name})", ""]
+    lines += turn_table(run.results, variants)
     if not diffs.empty:
         lines += differences_table("## Each adapter against the base (paired, same cases)", diffs)
     if not steps.empty:
@@ -194,6 +197,23 @@ def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, steps: pd.Da
         lines += ["### Forgetting and recovery", "", *forgetting_lines(steps), ""]
     lines += per_case_table(run)
     return "\n".join(lines) + "\n"
+
+
+def turn_table(results, variants: list[str]) -> list[str]:
+    """For multi-turn suites (MT-bench): the score of each turn, since follow-ups are often much harder."""
+    if not any(r.turn > 1 for r in results):
+        return []
+    lines = ["## Score per turn (% passed, 95% bootstrap interval)", "",
+             "| turn | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+    for turn in sorted({r.turn for r in results}):
+        cells = []
+        for variant in variants:
+            values = np.array([float(r.passed) for r in results
+                               if r.turn == turn and r.variant == variant and r.passed is not None])
+            low, high = bootstrap_interval(values)
+            cells.append(f"{percent(values.mean() if len(values) else math.nan)} [{percent(low)}, {percent(high)}] (n={len(values)})")
+        lines.append(f"| {turn} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def per_case_table(run) -> list[str]:

@@ -48,6 +48,7 @@ class CaseResult:
     score: float | None
     checks: list[dict]
     reused: bool = False
+    turn: int = 1  # which question of a multi-turn case (MT-bench has two)
 
 
 @dataclass
@@ -147,7 +148,7 @@ def evaluate_case(engine, case: Case, cfg: EvalConfig, store: AnswerStore, weigh
             results.append(CaseResult(
                 case_id=turn_id(case, turn), category=case.category, variant=variant,
                 prompt=conversation[-1]["content"], answer=answer, passed=case_passed(checks),
-                score=mean_score(checks), checks=[asdict(c) for c in checks], reused=reused,
+                score=mean_score(checks), checks=[asdict(c) for c in checks], reused=reused, turn=turn + 1,
             ))
     return results
 

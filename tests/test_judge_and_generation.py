@@ -529,6 +529,7 @@ def test_generation_with_the_tiny_engine_as_teacher(tiny_engine, tmp_path):
 
 def test_a_multi_turn_case_follows_each_variants_own_answers(tiny_engine, chat_server, tmp_path):
     """MT-bench's second turn: asked after the variant's own first answer; the judge sees that conversation."""
+    from evaluation.report import write_report
     from evaluation.runner import EvalConfig, run_evaluation
 
     server = chat_server(lambda body: "Good. [RESULT] 5")
@@ -557,6 +558,9 @@ def test_a_multi_turn_case_follows_each_variants_own_answers(tiny_engine, chat_s
         assert f"User: Say hi.\n\nAssistant: {by_turn[('mt-1', variant)].answer}" in prompt
         assert "[The question to answer now]\nNow say bye." in prompt and "(Score 5):\nBye!" in prompt
     assert run.judge_graded == 4 and all(r.passed for r in run.results)
+    report = write_report(run)["markdown"].read_text()
+    assert "Cases: 1 (2 turns)." in report
+    assert "| 2 | 100.0 [100.0, 100.0] (n=1) | 100.0 [100.0, 100.0] (n=1) |" in report  # the second turn's row
     # A rerun reuses the stored answers of both turns.
     again = run_evaluation(tiny_engine, cfg, tmp_path, judge=OpenAIJudge(server.url, "judge"))
     assert all(r.reused for r in again.results)
