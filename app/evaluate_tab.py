@@ -34,7 +34,7 @@ class EvaluateTab:
                 # A dropdown keeps the order picked: for stages of one fine-tune that order is the training order.
                 self.variants = gr.Dropdown(variants, value=variants[:2], multiselect=True, scale=3,
                                             label="Variants (in order)", elem_id="eval-variants")
-                self.stages = gr.Checkbox(False, label="Stages of one fine-tune, in the order picked: show forgetting",
+                self.stages = gr.Checkbox(False, label="Stages of one fine-tune (in the order picked)",
                                           scale=1, elem_id="eval-stages")
                 self.judge = gr.Dropdown(["none"] + variants, value="none", allow_custom_value=True, scale=2,
                                          label="Judge (a variant, or an OpenAI-compatible URL)")
@@ -44,7 +44,6 @@ class EvaluateTab:
                 self.run = gr.Button("Run evaluation", variant="primary", elem_id="eval-run")
                 self.stop = gr.Button("Stop")
             self.status = gr.Markdown(elem_id="eval-status")
-            self.chart = gr.Image(label="Cases passed per category", type="filepath", interactive=False)
             self.report = gr.HTML(elem_id="eval-report")
             self.files = gr.File(label="Download", file_count="multiple", interactive=False)
             self.task = gr.State(None)
@@ -72,7 +71,7 @@ class EvaluateTab:
         self.upload.upload(self._store_suite, self.upload, self.suite, api_name="eval_upload")
         self.run.click(self._start, inputs, [self.task, self.status], api_name="eval_run")
         self.stop.click(self._stop, self.task, self.status, api_name="eval_stop")
-        shown = [self.status, self.chart, self.report, self.files]
+        shown = [self.status, self.report, self.files]  # the report carries its chart
         self.timer.tick(self._watch, self.task, shown, api_visibility="private", show_progress="hidden")
         self.tab.select(self._refresh_variants, None, [self.variants, self.judge, self.gen_teacher],
                         api_visibility="private")
@@ -124,17 +123,16 @@ class EvaluateTab:
     def _watch(self, task_id):
         task = self.ctx.evals.get(task_id) if task_id else None
         if task is None:
-            return gr.update(), gr.update(), gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update()
         p = task.progress
         if task.status == "running":
-            return f"**{task.id}** running: {p.done}/{p.total} cases ({p.message})", gr.update(), gr.update(), gr.update()
+            return f"**{task.id}** running: {p.done}/{p.total} cases ({p.message})", gr.update(), gr.update()
         if task.status == "failed":
-            return f"**{task.id}** failed: {task.error}", None, "", None
+            return f"**{task.id}** failed: {task.error}", "", None
         paths = task.paths
         report = Path(paths["html"]).read_text(encoding="utf-8")
-        files = [str(paths["markdown"]), str(paths["chart"]), str(task.run.run_dir / "answers.jsonl")]
-        return (f"**{task.id}** {task.status}: {p.done}/{p.total} cases in {task.run.seconds:.0f} s.",
-                str(paths["chart"]), report, files)
+        files = [str(paths[kind]) for kind in ("markdown", "html", "chart")] + [str(task.run.run_dir / "answers.jsonl")]
+        return f"**{task.id}** {task.status}: {p.done}/{p.total} cases in {task.run.seconds:.0f} s.", report, files
 
     @user_errors
     def _generate(self, file, field_name, template, teacher, output_name):

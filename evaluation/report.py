@@ -193,8 +193,10 @@ def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, steps: pd.Da
     if not diffs.empty:
         lines += differences_table("## Each adapter against the base (paired, same cases)", diffs)
     if not steps.empty:
-        lines += differences_table("## Stage by stage (each variant against the one before it)", steps)
-        lines += ["### Forgetting and recovery", "", *forgetting_lines(steps), ""]
+        later = steps[steps["before"] != "base"]  # base → first stage is already in the table above
+        if not later.empty:
+            lines += differences_table("## Stage by stage (each variant against the one before it)", later)
+        lines += ["## Forgetting and recovery across the stages", "", *forgetting_lines(steps), ""]
     lines += per_case_table(run)
     return "\n".join(lines) + "\n"
 

@@ -116,10 +116,13 @@ def test_evaluate_tab_shows_the_report(page):
     limit = page.get_by_label("Only the first N cases (0 = all)")
     limit.fill("3")
     limit.press("Tab")
+    page.locator("#eval-stages input").check()  # base then pirate, read as two stages of one fine-tune
     page.click("#eval-run")
     page.wait_for_function("() => document.querySelector('#eval-report').innerText.includes('Score per category')",
                            timeout=180_000)
     report = page.inner_text("#eval-report")
     assert "base" in report and "math" in report
+    assert "Forgetting and recovery across the stages" in report
+    assert page.locator("#eval-report img[src^='data:image/png']").count() == 1  # one chart, inside the report
     assert "done: 3/3 cases" in page.inner_text("#eval-status")
     page.screenshot(path=str(SCREENSHOTS / "evaluate.png"), full_page=True)

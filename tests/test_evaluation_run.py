@@ -75,7 +75,7 @@ def test_base_against_adapter_report_and_reuse(real_engine, tmp_path):
     assert "| style (n=1) | 0.0 [0.0, 0.0] | 100.0 [100.0, 100.0] |" in report
     assert "2 malformed case(s) skipped: line 6:" in report
     assert "| base → pirate | overall |" in report and "McNemar" in report
-    assert "Stage by stage" not in report  # two unrelated variants are not stages unless the user says so
+    assert "Forgetting and recovery" not in report  # two unrelated variants are not stages unless the user says so
     assert paths["chart"].read_bytes()[:4] == b"\x89PNG"
     page = paths["html"].read_text()
     assert "<table>" in page and 'src="data:image/png;base64,' in page  # the chart travels inside the HTML
@@ -105,6 +105,7 @@ def test_stages_report_names_forgetting_and_recovery(tmp_path):
     run = EvalRun(cfg, "suite", [], results=stage_results(passes), run_dir=tmp_path)
     report = write_report(run)["markdown"].read_text()
     assert "| stage1-math → stage2-chat | math | -75.0 |" in report
+    assert report.count("| base → stage1-math | math |") == 1  # shown once, in the against-the-base table
     assert ("**Forgetting**: math fell -75.0 points from stage1-math to stage2-chat (p=0.000). "
             "**Recovered** by stage3-both (+70.0 points, p=0.000).") in report
     assert "chat fell" not in report  # stage3 lost one chat case: not significant, not called forgetting
@@ -145,7 +146,7 @@ def test_cli_run_on_the_starter_suite(tmp_path, tiny_model_path, tiny_adapters):
                            "--data-dir", str(tmp_path), "--limit", "4", "--max-new-tokens", "8",
                            "--report", str(report), "--stages"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "## Stage by stage" in report.read_text()
+    assert "## Forgetting and recovery across the stages" in report.read_text()
     assert report.is_file() and report.with_suffix(".png").is_file()
     assert "Score per category" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "evaluation", "run", "--suite", "evaluation/suites/starter.jsonl",
