@@ -10,6 +10,7 @@ from training.config import FORMATS, METHODS, SCHEDULERS, TrainConfig
 QUICK_CPU_DEMO = dict(method="lora", rank=16, alpha=32, dropout=0.05, target_modules="attention",
                       learning_rate=1e-3, lr_scheduler="cosine", epochs=5.0, max_steps=-1, batch_size=4,
                       grad_accum=1, max_length=256, eval_every=9, early_stopping_patience=0)
+NEW = "a new LoRA"  # init_adapter's "none": the other choices are adapter names
 PRESETS = {"Quick CPU demo (a few minutes on the default model)": QUICK_CPU_DEMO, "Custom": {}}
 
 
@@ -21,12 +22,14 @@ class TrainingForm:
     preset: gr.Radio
 
     @classmethod
-    def build(cls) -> "TrainingForm":
+    def build(cls, adapters: list[str]) -> "TrainingForm":
         d = TrainConfig(name="x", dataset="x")  # the defaults, one source of truth
         w: dict[str, gr.components.Component] = {}
         with gr.Row():
             w["name"] = gr.Textbox(label="Adapter name", value="ahoy", elem_id="train-name")
             w["format"] = gr.Dropdown(list(FORMATS), value=d.format, label="Format")
+            w["init_adapter"] = gr.Dropdown([NEW] + adapters, value=NEW, elem_id="train-init-adapter",
+                                            label="Start from (pick an adapter to train a later stage of it)")
             preset = gr.Radio(list(PRESETS), value=next(iter(PRESETS)), label="Preset")
         with gr.Accordion("Advanced settings", open=False):
             with gr.Row():
@@ -63,6 +66,9 @@ class TrainingForm:
     def components(self) -> list:
         return list(self.widgets.values())
 
+    def adapter_choices(self, adapters: list[str]) -> gr.Dropdown:
+        return gr.Dropdown(choices=[NEW] + adapters)
+
     def apply_preset(self, preset: str):
         values = PRESETS.get(preset, {})
         return [gr.update(value=values[name]) if name in values else gr.update() for name in self.widgets]
@@ -74,4 +80,5 @@ class TrainingForm:
         for name in ints & set(values):
             values[name] = int(values[name])
         values["name"] = (values["name"] or "").strip()
+        values["init_adapter"] = None if values["init_adapter"] in (None, "", NEW) else values["init_adapter"]
         return TrainConfig.from_dict({**values, "dataset": dataset, "base": base}, where="training form")

@@ -40,7 +40,7 @@ class TrainingTab:
                                            allow_custom_value=True, scale=3, elem_id="train-dataset")
                 self.upload = gr.File(label="…or upload JSON / JSONL / CSV", file_types=[".json", ".jsonl", ".csv"],
                                       scale=2)
-            self.form = TrainingForm.build()
+            self.form = TrainingForm.build(self._adapters())
             with gr.Row():
                 self.check = gr.Button("Check dataset")
                 self.start = gr.Button("Start training", variant="primary", elem_id="train-start")
@@ -71,11 +71,16 @@ class TrainingTab:
         self.job.change(self._watch, self.job, watched, api_visibility="private")
         self.cancel.click(self._cancel, self.job, self.status, api_name="train_cancel")
         self.resume.click(self._resume, self.job, [self.status, self.job], api_name="train_resume")
+        self.tab.select(lambda: self.form.adapter_choices(self._adapters()), None, self.form.widgets["init_adapter"],
+                        api_visibility="private")
         self.to_compare.click(self._compare_with_base, self.job,
                               [self.tabs, self.compare.n_columns, self.compare.columns[0].variant,
                                self.compare.columns[1].variant], api_name="train_compare")
 
     # ----- datasets -------------------------------------------------------------------------------
+
+    def _adapters(self) -> list[str]:
+        return [a.name for a in self.ctx.engine.adapters() if a.status != "failed"]
 
     def _datasets(self) -> list[str]:
         uploaded = sorted(str(p) for p in self.datasets_dir.glob("*") if p.suffix in (".json", ".jsonl", ".csv"))
@@ -91,7 +96,12 @@ class TrainingTab:
         dataset = data[self.dataset]
         if not dataset:
             raise ArenaError("pick or upload a dataset first")
-        return self.form.config(data, dataset, base=self.ctx.engine.config.base)
+        cfg = self.form.config(data, dataset, base=self.ctx.engine.config.base)
+        if cfg.init_adapter:  # an adapter from an extra --adapters-dir: the job needs its folder, not its name
+            info = next((a for a in self.ctx.engine.adapters() if a.name == cfg.init_adapter), None)
+            if info is not None and info.path.parent != self.ctx.engine.config.adapters_dir:
+                cfg.init_adapter = str(info.path)
+        return cfg
 
     @user_errors
     def _check(self, data: dict):

@@ -109,6 +109,10 @@ def test_training_tab_trains_then_compares(page):
     count = len(bot_texts(page, "compare-chat-1")) + 1
     wait_for_answers(page, ["compare-chat-0", "compare-chat-1"], count=count)
     page.screenshot(path=str(SCREENSHOTS / "compare-after-training.png"), full_page=True)
+    # Back on Training, the new adapter can be the start of a next stage.
+    page.get_by_role("tab", name="Training").click()
+    page.click("#train-init-adapter input")
+    page.get_by_role("option", name="ahoy-browser").wait_for(timeout=10_000)
 
 
 def test_evaluate_tab_shows_the_report(page):

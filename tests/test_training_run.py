@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from models import Engine, EngineConfig, SamplingParams
 from models.adapters import scan
@@ -91,6 +92,33 @@ def test_a_short_job_learns_and_the_engine_serves_its_adapter(tmp_path, tiny_mod
     assert engine.variants() == ["base", "ahoy"]
     base, ahoy = engine.compare(["base", "ahoy"], QUESTION, params=GREEDY)
     assert ahoy.text and ahoy.text != base.text
+
+
+def lora_weights(adapter: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(adapter / "adapter_model.safetensors"))
+
+
+def test_a_later_stage_starts_from_the_earlier_adapter(tmp_path, tiny_model_path):
+    """Sequential fine-tuning: stage 2 goes on from stage 1's weights (and its rank), not from a fresh LoRA."""
+    data = tmp_path / "data"
+    first = train_command(data, "--dataset", AHOY, "--name", "stage1", "--base", tiny_model_path,
+                          "--learning-rate", "5e-3", "--max-steps", "4", *SMALL)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # A learning rate too small to move anything: stage 2's weights must still be stage 1's.
+    second = train_command(data, "--dataset", AHOY, "--name", "stage2", "--base", tiny_model_path,
+                           "--init-adapter", "stage1", "--rank", "4", "--learning-rate", "1e-12", "--max-steps", "1",
+                           *SMALL)
+    assert second.returncode == 0, second.stderr[-3000:]
+    stage1, stage2 = lora_weights(data / "adapters" / "stage1"), lora_weights(data / "adapters" / "stage2")
+    assert stage1.keys() == stage2.keys()
+    for key, tensor in stage1.items():
+        assert tensor.shape == stage2[key].shape, key  # rank 16 from stage 1, not the --rank 4 given
+        assert torch.allclose(tensor, stage2[key], atol=1e-6), key
+    assert any("lora_B" in key and tensor.abs().max() > 0 for key, tensor in stage2.items())  # not a fresh LoRA
+    card = json.loads((data / "adapters" / "stage2" / "arena_card.json").read_text())
+    assert card["training"]["init_adapter"] == "stage1"
 
 
 def check_card(card: dict, losses: list[float]) -> None:
@@ -236,8 +264,9 @@ BAD_INPUT = [
     ("prompt-over-max-length", None, ["--max-length", "16"], "max_length 16"),
     ("unknown-base", None, ["--base", "{tmp}/no-such-model"], "neither a local model folder nor a Hub id"),
     ("qlora-on-cpu", None, ["--method", "qlora"], "QLoRA needs a CUDA GPU"),
+    ("unknown-init-adapter", None, ["--init-adapter", "ghost"], "init_adapter 'ghost': no adapter by that name in"),
 ]
-THROUGH_TRAINING = {"qlora-on-cpu", "too-few-rows", "all-rows-invalid"}  # the rest through --check, faster
+THROUGH_TRAINING = {"qlora-on-cpu", "too-few-rows", "all-rows-invalid", "unknown-init-adapter"}  # the rest through --check, faster
 
 
 @pytest.mark.parametrize("case, rows, options, message", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])

@@ -31,6 +31,9 @@ class TrainConfig:
     base: str = "default"
     format: str = "auto"
     validation_file: str | None = None
+    # Continue training this adapter (a name in DATA/adapters, or a folder) instead of a fresh LoRA: the next
+    # stage of a sequential fine-tune. Its own rank, alpha and target modules then apply.
+    init_adapter: str | None = None
     validation_split: float = 0.1  # share of rows held out when no validation file is given
     max_length: int = 512
     overlong: str = "truncate"  # truncate or drop rows longer than max_length

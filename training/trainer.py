@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, Trainer, TrainingArguments
 
-from models.base import first_line, hub_offline, resolve_base
+from models import adapters as registry
+from models.base import LoadedBase, first_line, hub_offline, resolve_base
 from models.config import ArenaError
 
 from .callbacks import ProgressCallback
@@ -89,11 +90,29 @@ def load_for_training(cfg: TrainConfig, models_dir: Path):
     return name, model, tokenizer
 
 
-def add_lora(model, cfg: TrainConfig):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def starting_adapter(cfg: TrainConfig, adapters_dir: Path, base_name: str, model) -> Path | None:
+    """The adapter a later stage continues from, checked against this base; None for a fresh LoRA."""
+    if not cfg.init_adapter:
+        return None
+    given = Path(cfg.init_adapter)
+    folder = given if (given / registry.CONFIG_FILE).is_file() else adapters_dir / cfg.init_adapter
+    if not (folder / registry.CONFIG_FILE).is_file():
+        raise ArenaError(f"init_adapter '{cfg.init_adapter}': no adapter by that name in {adapters_dir}")
+    info = registry.inspect_folder(folder)
+    base = LoadedBase(model, None, base_name, base_name, model.device, model.dtype, None, 0.0)
+    reason = info.reason or registry.check_compatible(info, base)
+    if reason:
+        raise ArenaError(f"init_adapter '{cfg.init_adapter}': {reason}")
+    return folder
+
+
+def add_lora(model, cfg: TrainConfig, start: Path | None = None):
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    if start is not None:  # the earlier stage's weights, trainable: this stage goes on from where it ended
+        return PeftModel.from_pretrained(model, str(start), is_trainable=True)
     lora = LoraConfig(
         r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_list(),
         use_rslora=cfg.method == "rslora", use_dora=cfg.method == "dora", task_type="CAUSAL_LM",
@@ -125,8 +144,9 @@ def train(cfg: TrainConfig, data_dir: Path, reporter=None, resume_from: Path | N
     started = time.time()
     torch.manual_seed(cfg.seed)
     base_name, model, tokenizer = load_for_training(cfg, data_dir / "models")
+    start = starting_adapter(cfg, data_dir / "adapters", base_name, model)
     data = prepare_data(cfg, tokenizer)
-    model = add_lora(model, cfg)
+    model = add_lora(model, cfg, start)
     trainable, total = model.get_nb_trainable_parameters()
     checkpoints = Path(output_dir or tempfile.mkdtemp(prefix="arena-train-")) / "checkpoints"
     args = training_arguments(cfg, checkpoints, bool(data.validation))
