@@ -135,12 +135,12 @@ def evaluate_case(engine, case: Case, cfg: EvalConfig, store: AnswerStore, weigh
     results, answers = [], {}
     for turn in range(case.turns):
         if turn:
-            if cancel is not None and cancel.is_set():
-                break
             for variant, conversation in conversations.items():
                 conversation += [{"role": "assistant", "content": answers[variant][0]},
                                  {"role": "user", "content": case.followups[turn - 1]}]
         answers = answers_for(engine, case, turn, conversations, system, params, store, weights, cancel)
+        if cancel is not None and cancel.is_set():
+            break  # answers cut short by Stop are neither scored nor stored
         for variant, conversation in conversations.items():
             answer, reused = answers[variant]
             checks = [check_one(engine, variant, case, check, conversation, turn, answer, system, judge, run)
@@ -172,8 +172,9 @@ def answers_for(engine, case, turn, conversations, system, params, store, weight
     if missing:
         requests = [ChatRequest(v, conversations[v], system, params) for v in missing]
         for answer in engine.answer_each(requests, cancel):
-            store.put(keys[answer.variant], answer.variant, turn_id(case, turn), answer.text, answer.stats.to_dict())
             answers[answer.variant] = (answer.text, False)
+            if answer.stats.finish_reason != "cancelled":  # an answer cut short by Stop is never reused
+                store.put(keys[answer.variant], answer.variant, turn_id(case, turn), answer.text, answer.stats.to_dict())
     return answers
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evaluation.judge import EngineJudge
 from evaluation.report import write_report
+from evaluation.store import AnswerStore
 from evaluation.runner import CaseResult, EvalConfig, EvalRun, run_evaluation
 from evaluation.votes import Vote, VoteStore
 from models import SamplingParams
@@ -137,6 +139,19 @@ def test_judge_verdicts_that_cannot_be_parsed_are_counted(tiny_engine, tmp_path)
     unjudged = run_evaluation(tiny_engine, cfg, tmp_path)
     assert unjudged.judge_skipped == 2 and all(r.passed is None for r in unjudged.results)
     assert "2 judged check(s) not graded: no judge was given" in write_report(unjudged)["markdown"].read_text()
+
+
+def test_stop_keeps_no_cut_short_answer(tiny_engine, tmp_path):
+    """Stop during a case: that case is not scored, and its partial answers are not reused by a rerun."""
+    suite = write_suite(tmp_path / "long.jsonl", [
+        {"id": f"long-{i}", "category": "writing", "prompt": f"Write a long story number {i}.",
+         "check": {"type": "min_words", "value": 1}} for i in range(3)])
+    cfg = EvalConfig(suite=str(suite), variants=["base", "a1"], max_new_tokens=4000)
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    run = run_evaluation(tiny_engine, cfg, tmp_path, cancel=stop)
+    assert run.cancelled and run.results == []
+    assert AnswerStore(tmp_path / "eval.sqlite").count() == 0
 
 
 def test_cli_run_on_the_starter_suite(tmp_path, tiny_model_path, tiny_adapters):
