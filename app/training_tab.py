@@ -13,7 +13,7 @@ import pandas as pd
 from models import ArenaError
 from models.adapters import validate_name
 from training.check import check_dataset
-from training.jobs import shell_command
+from training.jobs import FINAL, shell_command
 from training.resources import check_device_memory
 
 from .settings import AppContext
@@ -30,6 +30,7 @@ class TrainingTab:
         self.tabs = tabs  # to switch to Compare
         self.compare = compare  # its column dropdowns get base + the new adapter
         self.datasets_dir = ctx.engine.config.data_dir / "datasets"
+        self._ended_progress: dict[str, str] = {}  # job id -> its last progress cell, for ended jobs
 
     def build(self) -> gr.Tab:
         with gr.Tab("Training", id="training", visible=self.ctx.jobs is not None) as self.tab:
@@ -71,8 +72,10 @@ class TrainingTab:
         self.job.change(self._watch, self.job, watched, api_visibility="private")
         self.cancel.click(self._cancel, self.job, self.status, api_name="train_cancel")
         self.resume.click(self._resume, self.job, [self.status, self.job], api_name="train_resume")
-        self.tab.select(lambda: self.form.adapter_choices(self._adapters()), None, self.form.widgets["init_adapter"],
-                        api_visibility="private")
+        # Refreshed when opened, not when the tab is selected: an update racing the user's first edits on
+        # the tab lost them (seen in the browser test: Epochs 1 went back to 5).
+        start_from = self.form.widgets["init_adapter"]
+        start_from.focus(lambda: self.form.adapter_choices(self._adapters()), None, start_from, api_visibility="private")
         self.to_compare.click(self._compare_with_base, self.job,
                               [self.tabs, self.compare.n_columns, self.compare.columns[0].variant,
                                self.compare.columns[1].variant], api_name="train_compare")
@@ -136,10 +139,18 @@ class TrainingTab:
         return table, choices, self._status(job), self._curves(store.read_metrics(job_id)), store.read_log_tail(job_id, 40)
 
     def _job_row(self, job) -> dict:
-        progress = self.ctx.jobs.store.read_progress(job.id) or {}
-        done = f"{progress.get('step', 0)}/{progress.get('total_steps', '?')}" if progress else ""
-        return {"id": job.id, "name": job.name, "status": job.status, "progress": done,
+        return {"id": job.id, "name": job.name, "status": job.status, "progress": self._progress_cell(job),
                 "created": (job.created or "")[:19], "error": job.error or ""}
+
+    def _progress_cell(self, job) -> str:
+        """'step/total'; an ended job's never changes, so it is read once, not on every 2 s tick."""
+        if job.id in self._ended_progress:
+            return self._ended_progress[job.id]
+        progress = self.ctx.jobs.store.read_progress(job.id) or {}
+        cell = f"{progress.get('step', 0)}/{progress.get('total_steps', '?')}" if progress else ""
+        if job.status in FINAL:
+            self._ended_progress[job.id] = cell
+        return cell
 
     def _status(self, job) -> str:
         progress = self.ctx.jobs.store.read_progress(job.id) or {}

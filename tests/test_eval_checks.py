@@ -464,3 +464,9 @@ def test_mt_bench_loads_both_turns():
     assert len(cases) == 80 and all(c.turns == 2 for c in cases)
     with_references = [c for c in cases if c.reference_turns]
     assert len(with_references) == 30 and all(len(c.reference_turns) == 2 for c in with_references)
+
+
+def test_the_stages_example_suite_loads():
+    loaded = load_suite(SUITES.parent.parent / "training" / "examples" / "ahoy_stages_suite.jsonl")
+    assert loaded.problems == [] and len(loaded.cases) == 50
+    assert {c.category for c in loaded.cases} == {"ahoy_style", "factual"}
