@@ -70,12 +70,14 @@ def run_with_progress_bar(engine, cfg, judge):
     worker = threading.Thread(target=lambda: result.update(run=_capture(run_evaluation, engine, cfg,
                                                                         engine.config.data_dir, judge, progress)))
     worker.start()
+    live = sys.stderr.isatty()  # into a log file, one line per finished case rather than one per 0.5 s
     with tqdm(total=0, unit="case", file=sys.stderr, desc="evaluating") as bar:
         while worker.is_alive():
             worker.join(0.5)
-            bar.total = progress.total
-            bar.n = progress.done
-            bar.refresh()
+            if live or (progress.done, progress.total) != (bar.n, bar.total):
+                bar.total = progress.total
+                bar.n = progress.done
+                bar.refresh()
     outcome = result["run"]
     if isinstance(outcome, BaseException):
         raise outcome
