@@ -29,7 +29,8 @@ class TrainingForm:
             w["name"] = gr.Textbox(label="Adapter name", value="ahoy", elem_id="train-name")
             w["format"] = gr.Dropdown(list(FORMATS), value=d.format, label="Format")
             w["init_adapter"] = gr.Dropdown([NEW] + adapters, value=NEW, elem_id="train-init-adapter",
-                                            label="Start from (pick an adapter to train a later stage of it)")
+                                            label="Start from (pick an adapter to train a later stage of it)",
+                                            info="a picked adapter keeps its own rank, alpha and target modules")
             preset = gr.Radio(list(PRESETS), value=next(iter(PRESETS)), label="Preset")
         with gr.Accordion("Advanced settings", open=False):
             with gr.Row():
