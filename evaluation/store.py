@@ -12,7 +12,11 @@ import threading
 from contextlib import closing
 from pathlib import Path
 
+from models import sqlite_store
+
 SCHEMA_VERSION = 1
+SCHEMA = """CREATE TABLE IF NOT EXISTS answers (
+    key TEXT PRIMARY KEY, variant TEXT, case_id TEXT, answer TEXT, stats TEXT, created TEXT);"""
 
 
 def fingerprint(*parts) -> str:
@@ -35,25 +39,21 @@ class AnswerStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        with closing(self._connect()) as db, db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("""CREATE TABLE IF NOT EXISTS answers (
-                key TEXT PRIMARY KEY, variant TEXT, case_id TEXT, answer TEXT, stats TEXT, created TEXT)""")
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        sqlite_store.migrate(self.path, "answer store", SCHEMA, SCHEMA_VERSION)
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30)
+    def _connect(self) -> closing[sqlite3.Connection]:
+        return sqlite_store.connect(self.path, "answer store")
 
     def get(self, key: str) -> tuple[str, dict] | None:
-        with closing(self._connect()) as db:
+        with self._connect() as db:
             row = db.execute("SELECT answer, stats FROM answers WHERE key = ?", (key,)).fetchone()
         return (row[0], json.loads(row[1])) if row else None
 
     def put(self, key: str, variant: str, case_id: str, answer: str, stats: dict) -> None:
-        with self._lock, closing(self._connect()) as db, db:
+        with self._lock, self._connect() as db, db:
             db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, datetime('now'))",
                        (key, variant, case_id, answer, json.dumps(stats)))
 
     def count(self) -> int:
-        with closing(self._connect()) as db:
+        with self._connect() as db:
             return db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from models import sqlite_store
 from models.config import ArenaError
 
 VOTES_FILENAME = "votes.sqlite"
@@ -21,7 +22,6 @@ SCHEMA_VERSION = 1
 WINNERS = ("a", "b", "tie", "both_bad")
 MODES = ("arena", "compare")
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
-BUSY_TIMEOUT_S = 30.0  # a writer holds the lock for milliseconds; waiting this long means something is stuck
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS votes (
@@ -143,27 +143,10 @@ class VoteStore:
             return int(conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0])
 
     def _connect(self) -> closing[sqlite3.Connection]:
-        try:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
-        except sqlite3.Error as exc:
-            raise ArenaError(f"cannot open vote store {self.path}: {exc}") from None
-        return closing(conn)
+        return sqlite_store.connect(self.path, "vote store")
 
     def _migrate(self) -> None:
-        """Create the table on first use; refuse a file written by a newer schema or not SQLite at all."""
-        try:
-            with self._connect() as conn:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise ArenaError(f"{self.path}: vote store has schema version {version}, "
-                                     f"this program reads up to {SCHEMA_VERSION}; upgrade LoRA Arena")
-                conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once, applies to every connection
-                if version < SCHEMA_VERSION:
-                    with conn:
-                        conn.executescript(SCHEMA)
-                        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except sqlite3.DatabaseError as exc:
-            raise ArenaError(f"{self.path}: not a usable vote store ({exc})") from None
+        sqlite_store.migrate(self.path, "vote store", SCHEMA, SCHEMA_VERSION)
 
     def _vote_from_row(self, row: tuple) -> Vote:
         record = dict(zip(COLUMNS, row))

@@ -185,3 +185,12 @@ def test_evaluate_tab_runs_in_the_background(launch_app, tiny_engine):
     assert task.status == "done", task.error
     assert task.progress.done == 3
     assert "Score per category" in task.paths["html"].read_text()
+
+
+def test_an_answer_store_that_is_not_sqlite_is_named(tmp_path):
+    from models import ArenaError
+
+    path = tmp_path / "eval.sqlite"
+    path.write_text("these are not the answers you are looking for " * 40)
+    with pytest.raises(ArenaError, match=r"eval\.sqlite: not a usable answer store"):
+        AnswerStore(path)

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from models import sqlite_store
 from models.config import ArenaError
 from models.jsonl import atomic_write_text
 from training.config import TrainConfig
@@ -33,7 +34,6 @@ SCHEMA_VERSION = 1
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled")
-BUSY_TIMEOUT_S = 30.0
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")  # transformers' checkpoint folder names
 
 SCHEMA = """
@@ -271,26 +271,10 @@ class JobStore:
         return Job(**record)
 
     def _connect(self) -> closing[sqlite3.Connection]:
-        try:
-            return closing(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S))
-        except sqlite3.Error as exc:
-            raise ArenaError(f"cannot open job store {self.path}: {exc}") from None
+        return sqlite_store.connect(self.path, "job store")
 
     def _migrate(self) -> None:
-        """Create the table on first use; refuse a file from a newer schema or not SQLite at all."""
-        try:
-            with self._connect() as conn:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise ArenaError(f"{self.path}: job store has schema version {version}, "
-                                     f"this program reads up to {SCHEMA_VERSION}; upgrade LoRA Arena")
-                conn.execute("PRAGMA journal_mode=WAL")
-                if version < SCHEMA_VERSION:
-                    with conn:
-                        conn.executescript(SCHEMA)
-                        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except sqlite3.DatabaseError as exc:
-            raise ArenaError(f"{self.path}: not a usable job store ({exc})") from None
+        sqlite_store.migrate(self.path, "job store", SCHEMA, SCHEMA_VERSION)
 
 
 # ----- the trainer's side -------------------------------------------------------------------------
