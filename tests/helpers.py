@@ -1,6 +1,7 @@
 """Builders for test models and adapters: real PEFT and transformers objects, small enough to be quick."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -84,3 +85,14 @@ def shared_data() -> Path:
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     return repo.parent / "shared" / "data"
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+    """Poll until `predicate()` is truthy and return its value; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

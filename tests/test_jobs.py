@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from models.config import ArenaError
+from tests.helpers import wait_for
 from training.config import TrainConfig
 from training.jobs import (DIED, NO_ADAPTER, JobRunner, JobStore, job_command, last_error_line, process_alive,
                            process_create_time, shell_command)
@@ -77,16 +78,6 @@ elif mode == "loop":  # honours CANCEL: checkpoint, report, exit 0
 
 def fake_config(name: str, mode: str, **extra) -> TrainConfig:
     return TrainConfig(name=name, dataset="data.jsonl", extra={"fake": mode, **extra})
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_until_ended(store: JobStore, job_id: str, timeout: float = 20.0):

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ import torch
 
 from models import Engine, EngineConfig, SamplingParams
 from models.adapters import scan
+from tests.helpers import wait_for
 from training.config import TrainConfig
 from training.jobs import JobRunner, JobStore, latest_checkpoint, process_alive
 
@@ -36,16 +36,6 @@ def train_command(data_dir: Path, *args) -> subprocess.CompletedProcess:
     """`python -m training ...` from the repo root, as a user types it."""
     command = [sys.executable, "-m", "training", "--data-dir", str(data_dir), *map(str, args)]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_until_settled(ended: list, job_id: str, timeout: float):
