@@ -21,9 +21,9 @@ ALPHA = 0.05
 
 def scored(results) -> pd.DataFrame:
     """One row per (case, variant) that could be decided: passed as 0/1."""
-    rows = [{"case": r.case_id, "category": r.category, "variant": r.variant, "passed": float(r.passed)}
-            for r in results if r.passed is not None]
-    return pd.DataFrame(rows, columns=["case", "category", "variant", "passed"])
+    rows = [{"case": r.case_id, "category": r.category, "turn": r.turn, "variant": r.variant,
+             "passed": float(r.passed)} for r in results if r.passed is not None]
+    return pd.DataFrame(rows, columns=["case", "category", "turn", "variant", "passed"])
 
 
 def bootstrap_interval(values: np.ndarray, rounds: int = ROUNDS, seed: int = 0) -> tuple[float, float]:
@@ -34,18 +34,22 @@ def bootstrap_interval(values: np.ndarray, rounds: int = ROUNDS, seed: int = 0) 
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def category_scores(results, variants: list[str]) -> pd.DataFrame:
-    """Pass rate per category and variant (and 'overall') with a 95% bootstrap interval over cases."""
-    frame = scored(results)
+def group_scores(frame: pd.DataFrame, variants: list[str], key: str, groups: list) -> pd.DataFrame:
+    """Pass rate per group (a `key` value, or "overall") and variant, with a 95% bootstrap interval over cases."""
     rows = []
-    for category in sorted(frame["category"].unique()) + ["overall"]:
-        part = frame if category == "overall" else frame[frame["category"] == category]
+    for group in groups:
+        part = frame if group == "overall" else frame[frame[key] == group]
         for variant in variants:
             values = part[part["variant"] == variant]["passed"].to_numpy()
             low, high = bootstrap_interval(values)
-            rows.append({"category": category, "variant": variant, "cases": len(values),
+            rows.append({key: group, "variant": variant, "cases": len(values),
                          "score": float(values.mean()) if len(values) else math.nan, "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows)
+
+
+def category_scores(results, variants: list[str]) -> pd.DataFrame:
+    frame = scored(results)
+    return group_scores(frame, variants, "category", sorted(frame["category"].unique()) + ["overall"])
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -205,15 +209,14 @@ def turn_table(results, variants: list[str]) -> list[str]:
     """For multi-turn suites (MT-bench): the score of each turn, since follow-ups are often much harder."""
     if not any(r.turn > 1 for r in results):
         return []
+    turns = sorted({r.turn for r in results})
+    scores = group_scores(scored(results), variants, "turn", turns)
     lines = ["## Score per turn (% passed, 95% bootstrap interval)", "",
              "| turn | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
-    for turn in sorted({r.turn for r in results}):
-        cells = []
-        for variant in variants:
-            values = np.array([float(r.passed) for r in results
-                               if r.turn == turn and r.variant == variant and r.passed is not None])
-            low, high = bootstrap_interval(values)
-            cells.append(f"{percent(values.mean() if len(values) else math.nan)} [{percent(low)}, {percent(high)}] (n={len(values)})")
+    for turn in turns:
+        part = scores[scores["turn"] == turn].set_index("variant")
+        cells = [f"{percent(part.loc[v, 'score'])} [{percent(part.loc[v, 'ci_low'])}, {percent(part.loc[v, 'ci_high'])}] "
+                 f"(n={part.loc[v, 'cases']})" for v in variants]
         lines.append(f"| {turn} | " + " | ".join(cells) + " |")
     return lines + [""]
 
