@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from models import Engine, EngineConfig, ensure_default_model  # noqa: E402
+from tests.chat_server import ChatServer  # noqa: E402
 from tests.helpers import make_random_adapter, make_tiny_llama, train_tiny_adapter  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,3 +100,18 @@ def launch_app():
         demo.close()
         if ctx.jobs is not None:
             ctx.jobs.stop()
+
+
+@pytest.fixture
+def chat_server():
+    """start(respond) -> a running OpenAI-compatible server (tests/chat_server.py); all closed after the test."""
+    started = []
+
+    def start(respond) -> ChatServer:
+        server = ChatServer(respond)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
