@@ -5,9 +5,9 @@ import random
 
 import gradio as gr
 
-from evaluation.votes import Vote
-from models import ArenaError
-from models.chat import Column, answer_turn, check_message, shown_messages, stats_line
+from arena.votes import Vote
+from kernel.errors import ArenaError
+from chat.turns import Column, answer_turn, check_message, shown_messages, stats_line
 
 from .settings import AppContext
 from .web_search import search_step

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from evaluation.votes import Vote
-from models import SamplingParams
-from models.chat import Column, answer_turn, check_message, drop_last_turn, shown_messages, stats_line
+from arena.votes import Vote
+from kernel.config import SamplingParams
+from chat.turns import Column, answer_turn, check_message, drop_last_turn, shown_messages, stats_line
 
 from .settings import AppContext
 from .web_search import search_step

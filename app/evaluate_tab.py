@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from evaluation.runner import EvalConfig
-from models import ArenaError
+from kernel.errors import ArenaError
 
 from .settings import AppContext
 from .widgets import keep_upload, user_errors

@@ -5,8 +5,8 @@ import time
 
 import gradio as gr
 
-from evaluation.export import export_jsonl, export_sharegpt
-from evaluation.rating import head_to_head, head_to_head_figure, leaderboard
+from arena.export import export_jsonl, export_sharegpt
+from arena.rating import head_to_head, head_to_head_figure, leaderboard
 
 from .settings import AppContext
 from .widgets import user_errors

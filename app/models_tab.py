@@ -6,7 +6,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from models import ArenaError
+from kernel.errors import ArenaError
 from models.upload import install_adapter
 
 from .settings import AppContext

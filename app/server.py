@@ -8,10 +8,10 @@ import sys
 import gradio as gr
 
 from evaluation.tasks import EvalTasks
-from evaluation.votes import VoteStore
+from arena.votes import VoteStore
 from models import ArenaError, Engine, EngineConfig
-from models.cli import add_engine_args, engine_config_from_args
-from models.search import WebSearch, provider_from_settings
+from kernel.cli import add_engine_args, engine_config_from_args
+from chat.search import WebSearch, provider_from_settings
 from training.jobs import JobRunner
 
 from .arena_tab import ArenaTab

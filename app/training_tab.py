@@ -10,7 +10,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from models import ArenaError
+from kernel.errors import ArenaError
 from models.adapters import validate_name
 from training.check import check_dataset
 from training.jobs import FINAL, shell_command

@@ -1,8 +1,8 @@
 """Glue between the chat tabs and models.search: one search per turn, the same sources for every column."""
 from __future__ import annotations
 
-from models.chat import today
-from models.search import augment_question, sources_markdown
+from chat.turns import today
+from chat.search import augment_question, sources_markdown
 
 SEARCHING = "_Searching the web…_"
 

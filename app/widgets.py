@@ -11,7 +11,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from models import ArenaError, SamplingParams
+from kernel.config import SamplingParams
+from kernel.errors import ArenaError
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 from models.base import DEFAULT_ALIASES  # noqa: E402
-from models.config import EngineConfig, SamplingParams, resolve_data_dir  # noqa: E402
+from kernel.config import EngineConfig, SamplingParams, resolve_data_dir  # noqa: E402
 from models.engine import Engine  # noqa: E402
 
 PROMPT = "Write a long story about a dragon."  # invites long answers, so runs reach max_new_tokens

@@ -1,1 +1,1 @@
-"""Votes, leaderboards and preference-pair exports: what the arena learns from its users."""
+"""Before/after evaluation: test suites and their checks, the LLM judge, runs, reports, and teacher-made datasets."""

@@ -15,7 +15,7 @@ import threading
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from models import ArenaError, Engine  # noqa: E402
-from models.cli import add_engine_args, engine_config_from_args  # noqa: E402
+from kernel.cli import add_engine_args, engine_config_from_args  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

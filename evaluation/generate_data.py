@@ -25,8 +25,8 @@ from pathlib import Path
 import json_repair
 from pydantic import ValidationError
 
-from models.config import ArenaError
-from models.jsonl import JsonlAppender, atomic_write_text, load_done
+from kernel.errors import ArenaError
+from kernel.jsonl import JsonlAppender, atomic_write_text, load_done
 from training.files import read_rows, read_text
 
 from .templates import BUILTIN_TEMPLATES, Template, load_template  # Template, load_template re-exported
@@ -311,7 +311,7 @@ def write_results(files: RunFiles, outcomes: list[Outcome]) -> None:
 # ----- command line ----------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from models.cli import add_engine_args
+    from kernel.cli import add_engine_args
 
     parser.add_argument("input", help="CSV, JSON/JSONL (with --field) or a text file, one text per line")
     parser.add_argument("--field", default=None, help="the column or key holding the text")
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = None
         if not args.teacher.startswith(("http://", "https://")):  # a local teacher: load the engine
             from models import Engine
-            from models.cli import engine_config_from_args
+            from kernel.cli import engine_config_from_args
 
             engine = Engine.load(engine_config_from_args(args))
         report = generate_data(args.input, args.field, args.template, judge_from_spec(args.teacher, engine),

@@ -16,7 +16,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from models.config import ArenaError, SamplingParams
+from kernel.config import SamplingParams
+from kernel.errors import ArenaError, first_line
 
 JUDGE_MODEL_ENV = "ARENA_JUDGE_MODEL"
 JUDGE_MAX_NEW_TOKENS = 512  # room for Prometheus' feedback paragraph and the verdict after it
@@ -99,11 +100,6 @@ class OpenAIJudge:
         if not isinstance(text, str):
             raise ArenaError(f"judge {self.url}: malformed response, content is {type(text).__name__}, not text")
         return Completion(text, str(choice.get("finish_reason") or ""))
-
-
-def first_line(value: object) -> str:
-    lines = str(value).strip().splitlines()
-    return lines[0] if lines else type(value).__name__
 
 
 def judge_from_spec(spec: str, engine=None) -> Judge:

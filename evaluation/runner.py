@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from models import ArenaError, ChatRequest, Engine, SamplingParams
-from models.jsonl import JsonlAppender
+from kernel.jsonl import JsonlAppender
 
 from .checks import CheckResult, case_passed, needs_model, run_check, score_choice
 from .store import AnswerStore, fingerprint, variant_fingerprint
@@ -222,7 +222,7 @@ def judge_check(judge, conversation, check, answer, reference, run: EvalRun) -> 
 def judge_vote_agreement(judge, data_dir: Path, limit: int = 50) -> str:
     """The judge grades the latest decisive-or-tie Arena votes pairwise; '' when there are no votes."""
     from .judge import agreement_with_votes, grade_pairwise, vote_prompt
-    from .votes import VoteStore
+    from arena.votes import VoteStore
 
     path = data_dir / "votes.sqlite"
     if not path.is_file():

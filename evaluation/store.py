@@ -12,7 +12,7 @@ import threading
 from contextlib import closing
 from pathlib import Path
 
-from models import sqlite_store
+from kernel import sqlite_store
 
 SCHEMA_VERSION = 1
 SCHEMA = """CREATE TABLE IF NOT EXISTS answers (

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluation.check_fields import calls_match_tools, first_reason, validate_check
-from models.config import ArenaError
+from kernel.errors import ArenaError
 
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 PROBLEMS_IN_ERROR = 3  # enough to show the pattern of a broken file without a wall of text

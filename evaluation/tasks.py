@@ -6,7 +6,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from models import ArenaError
+from kernel.errors import ArenaError
 
 from .runner import EvalConfig, EvalRun, Progress, run_evaluation
 

@@ -19,7 +19,7 @@ from typing import Annotated, Callable
 import yaml
 from pydantic import BaseModel, StringConstraints, create_model
 
-from models.config import ArenaError
+from kernel.errors import ArenaError
 from training.files import read_text
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]  # an empty answer teaches nothing

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .base import LoadedBase, short_name
-from .config import ArenaError
+from kernel.errors import ArenaError
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -23,8 +23,10 @@ import torch
 
 from . import adapters as registry
 from .adapters import AdapterInfo, check_compatible
-from .base import LoadedBase, first_line, load_base
-from .config import ArenaError, EngineConfig, SamplingParams
+from kernel.errors import first_line
+
+from .base import LoadedBase, load_base
+from kernel.config import ArenaError, EngineConfig, SamplingParams
 from .device_queue import Cancelled, DeviceQueue
 from .prompts import build_prompt_ids, normalize_messages
 from .runner import BASE_ROW, HFRunner, Row

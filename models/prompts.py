@@ -1,7 +1,7 @@
 """Chat messages in, prompt token ids out, through the tokenizer's own chat template."""
 from __future__ import annotations
 
-from .config import ArenaError
+from kernel.errors import ArenaError
 
 ROLES = {"system", "user", "assistant", "tool"}
 

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from transformers import GenerationConfig, StoppingCriteriaList
 
-from .config import SamplingParams
+from kernel.config import SamplingParams
 from .streaming import CancelCriteria, RowStreamer, StreamEvent
 
 BASE_ROW = "__base__"  # PEFT's name for "no adapter" in a mixed batch

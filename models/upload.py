@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from .adapters import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, AdapterInfo, check_compatible, inspect_folder, validate_name
-from .config import ArenaError
+from kernel.errors import ArenaError
 
 if TYPE_CHECKING:
     from .engine import Engine

@@ -6,11 +6,11 @@ import json
 import pytest
 from gradio_client import Client
 
-from evaluation.export import read_preference_pairs
-from evaluation.votes import Vote, VoteStore
+from arena.export import read_preference_pairs
+from arena.votes import Vote, VoteStore
 from models import Engine, EngineConfig, SamplingParams
-from models.chat import today
-from models.search import SearchResult, StaticProvider, WebSearch, augment_question
+from chat.turns import today
+from chat.search import SearchResult, StaticProvider, WebSearch, augment_question
 from tests.app_client import call_args
 
 FRANCE = "What is the capital of France?"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.votes import VoteStore
+from arena.votes import VoteStore
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -17,7 +17,7 @@ from evaluation.judge import EngineJudge
 from evaluation.report import write_report
 from evaluation.store import AnswerStore
 from evaluation.runner import CaseResult, EvalConfig, EvalRun, run_evaluation
-from evaluation.votes import Vote, VoteStore
+from arena.votes import Vote, VoteStore
 from models import SamplingParams
 from tests.app_client import call_args
 

@@ -13,7 +13,7 @@ from tests.chat_server import ChatServer, Reply, closed_port
 
 from evaluation.generate_data import generate_data, load_template, looks_cut_off, read_texts
 from evaluation.judge import EngineJudge, OpenAIJudge
-from models.config import ArenaError, SamplingParams
+from kernel.config import ArenaError, SamplingParams
 from training.data import load_dataset
 
 

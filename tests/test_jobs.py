@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from models.config import ArenaError
+from kernel.errors import ArenaError
 from tests.helpers import wait_for
 from training.config import TrainConfig
 from training.jobs import (DIED, NO_ADAPTER, JobRunner, JobStore, job_command, last_error_line, process_alive,

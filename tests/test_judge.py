@@ -17,8 +17,8 @@ from evaluation.judge import (
     ABS_SYSTEM_PROMPT, PAIR_SYSTEM_PROMPT, PAIR_TEMPLATE, Completion, EngineJudge, OpenAIJudge, PairwiseVerdict,
     agreement_with_votes, grade_absolute, grade_pairwise, judge_from_spec, parse_result, rubric_text,
 )
-from evaluation.votes import Vote
-from models.config import ArenaError, SamplingParams
+from arena.votes import Vote
+from kernel.config import ArenaError, SamplingParams
 
 JUDGE_PROMPTS = shared_data() / "judge_prompts.jsonl"
 

@@ -18,10 +18,10 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from app.web_search import SEARCHING, search_for_turn, search_step
-from models.chat import Column, answer_turn, drop_last_turn, model_messages, shown_messages
-from models.config import ArenaError, SamplingParams
+from chat.turns import Column, answer_turn, drop_last_turn, model_messages, shown_messages
+from kernel.config import ArenaError, SamplingParams
 from models.prompts import build_prompt_ids
-from models.search import (
+from chat.search import (
     DuckDuckGoProvider, SearchOutcome, SearchResult, SearxngProvider, StaticProvider, WebSearch,
     augment_messages, augment_question, provider_from_settings, sources_markdown, sources_prompt,
 )

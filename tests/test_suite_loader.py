@@ -11,7 +11,7 @@ from tests.test_eval_checks import PARIS_CALL, WEATHER
 from evaluation.checks import run_check
 from evaluation.check_fields import CHECK_FIELDS, validate_check
 from evaluation.suite import load_suite
-from models.config import ArenaError
+from kernel.errors import ArenaError
 
 SUITES = Path(__file__).resolve().parent.parent / "evaluation" / "suites"
 

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from models.config import ArenaError
+from kernel.errors import ArenaError
 from training.data import TOOLS_PREAMBLE, Example, load_dataset, split_examples
 from training.encoding import (IGNORE, DataCollator, encode, encode_all, loss_runs, pack, preview,
                                render)

@@ -11,10 +11,10 @@ import pytest
 from tests.helpers import shared_data
 from matplotlib.figure import Figure
 
-from evaluation.export import export_jsonl, export_sharegpt, read_preference_pairs
-from evaluation.rating import head_to_head, head_to_head_figure, leaderboard
-from evaluation.votes import SCHEMA_VERSION, Vote, VoteStore
-from models.config import ArenaError
+from arena.export import export_jsonl, export_sharegpt, read_preference_pairs
+from arena.rating import head_to_head, head_to_head_figure, leaderboard
+from arena.votes import SCHEMA_VERSION, Vote, VoteStore
+from kernel.errors import ArenaError
 
 DEMO = shared_data() / "dpo_en_demo.json"
 

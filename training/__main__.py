@@ -13,7 +13,7 @@ import sys
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
 
-from models.config import ArenaError, resolve_data_dir  # noqa: E402
+from kernel.config import ArenaError, resolve_data_dir  # noqa: E402
 
 from .config import TrainConfig  # noqa: E402
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from models.base import first_line, hub_offline, resolve_base
-from models.config import ArenaError
+from kernel.errors import first_line
+from models.base import hub_offline, resolve_base
+from kernel.errors import ArenaError
 
 from .config import TrainConfig
 from .data import load_dataset, split_examples

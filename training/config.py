@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 
 from models.adapters import validate_name
-from models.config import ArenaError
-from models.jsonl import atomic_write_text
+from kernel.errors import ArenaError
+from kernel.jsonl import atomic_write_text
 
 FORMATS = ("auto", "text", "alpaca", "sharegpt", "messages", "prompt_completion")
 METHODS = ("lora", "rslora", "dora", "qlora")

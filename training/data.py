@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.config import ArenaError
+from kernel.errors import ArenaError
 from training.config import FORMATS
 from training.files import BadRow, read_rows
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.config import ArenaError
+from kernel.errors import ArenaError
 from training.data import DatasetReport, Example, TokenStats
 from training.files import BadRow
 

@@ -10,7 +10,7 @@ import io
 import json
 from pathlib import Path
 
-from models.config import ArenaError
+from kernel.errors import ArenaError
 
 JSON_CELLS = ("conversations", "messages", "history", "tools")  # CSV columns that may hold JSON text
 

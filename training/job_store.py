@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from models import sqlite_store
-from models.config import ArenaError
-from models.jsonl import atomic_write_text
+from kernel import sqlite_store
+from kernel.errors import ArenaError
+from kernel.jsonl import atomic_write_text
 from training.config import TrainConfig
 from training.process_watch import (LOG_TAIL_LINES, died_reason, one_line, process_alive, process_create_time,
                                     tail_lines)

@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from models.config import ArenaError
+from kernel.errors import ArenaError
 from training.config import TrainConfig
 
 # The store's names are re-exported: callers import them from here as well as from job_store.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from models.config import ArenaError
+from kernel.errors import ArenaError
 
 from .config import TrainConfig
 

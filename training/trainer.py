@@ -21,8 +21,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, Trainer, TrainingArguments
 
 from models import adapters as registry
-from models.base import LoadedBase, first_line, hub_offline, resolve_base
-from models.config import ArenaError
+from kernel.errors import first_line
+from models.base import LoadedBase, hub_offline, resolve_base
+from kernel.errors import ArenaError
 
 from .callbacks import ProgressCallback
 from .config import TrainConfig

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Callable, Literal, Mapping, Protocol, runtime_checkable
 
-from .config import ArenaError
+from kernel.errors import ArenaError
 
 SNIPPET_CHARS = 500  # per source: five of these fit a small model's context with room for the question
 TITLE_CHARS = 200

@@ -10,7 +10,7 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from .config import ArenaError
+from .errors import ArenaError
 
 BUSY_TIMEOUT_S = 30.0  # a writer holds the lock for milliseconds; waiting this long means something is stuck
 

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .config import ArenaError
+from .errors import ArenaError
 
 
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:

@@ -9,12 +9,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .errors import ArenaError
+
 DATA_DIR_ENV = "ARENA_DATA_DIR"
 DEFAULT_DATA_DIR = "arena_data"
-
-
-class ArenaError(Exception):
-    """An error a user caused and can fix: shown as one line, never as a traceback."""
 
 
 def resolve_data_dir(arg: str | os.PathLike | None = None) -> Path:

@@ -16,9 +16,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .config import ArenaError, SamplingParams
-from .engine import ChatRequest, Engine
-from .streaming import GenerationStats
+from kernel.config import SamplingParams
+from kernel.errors import ArenaError
+from models.engine import ChatRequest, Engine
+from models.streaming import GenerationStats
 
 
 @dataclass

@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.config import ArenaError
-from models.jsonl import atomic_write_text, read_jsonl
+from kernel.errors import ArenaError
+from kernel.jsonl import atomic_write_text, read_jsonl
 
 from .votes import Vote
 

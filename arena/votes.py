@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from models import sqlite_store
-from models.config import ArenaError
+from kernel import sqlite_store
+from kernel.errors import ArenaError
 
 VOTES_FILENAME = "votes.sqlite"
 SCHEMA_VERSION = 1

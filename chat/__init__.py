@@ -1,0 +1,1 @@
+"""Chat turns answered by several columns at once (Compare, Arena) and the optional web search."""
