@@ -1,7 +1,8 @@
-"""What each check type of a suite must contain: its fields, and one validator per type.
+"""Validators of a suite check's fields: one per check type, plus the field helpers they share.
 
 Each validator returns the reason a check cannot run, or "" when it is fine, so a suite can list every
-bad line with its reason instead of failing on the first. How checks are scored is `evaluation.checks`.
+bad line with its reason instead of failing on the first. Which validator, which fields and which
+scorer belong to which type is registered in `evaluation.check_types`.
 """
 from __future__ import annotations
 
@@ -10,24 +11,6 @@ import re
 
 from evaluation.checks import parse_number
 
-# Every field a check type accepts (besides "type"). A field outside this list is almost always a typo
-# ("treshold"), which would otherwise silently fall back to a default, so it is reported.
-CHECK_FIELDS: dict[str, tuple[str, ...]] = {
-    "contains": ("value", "ignore_case"),
-    "exact": ("value", "ignore_case"),
-    "regex": ("value", "ignore_case"),
-    "numeric": ("answer", "tolerance"),
-    "choice": ("choices", "answer"),
-    "function_call": ("calls",),
-    "refusal": ("should_refuse",),
-    "max_words": ("value",),
-    "min_words": ("value",),
-    "json": ("required_keys",),
-    "rouge_l": ("reference", "threshold"),
-    "bleu": ("reference", "threshold"),
-    "bertscore": ("reference", "threshold", "model"),
-    "judge": ("rubric", "threshold", "reference"),
-}
 JUDGE_SCORES = tuple(f"score{n}_description" for n in range(1, 6))
 
 
@@ -157,30 +140,6 @@ def validate_judge(check: dict) -> str:
     if "reference" in check:
         reasons.append(need_str(check, "reference"))
     return first_reason(*reasons)
-
-
-VALIDATORS = {
-    "contains": validate_text_match, "exact": validate_text_match, "regex": validate_text_match,
-    "numeric": validate_numeric, "choice": validate_choice, "function_call": validate_calls,
-    "refusal": validate_refusal, "max_words": validate_word_count, "min_words": validate_word_count,
-    "json": validate_json, "rouge_l": validate_similarity, "bleu": validate_similarity,
-    "bertscore": validate_similarity, "judge": validate_judge,
-}
-
-
-def validate_check(check: dict) -> str:
-    """Why this check cannot be run ('' when it is fine): unknown type, missing field, wrong type, bad value."""
-    if not isinstance(check, dict):
-        return "a check must be an object with a 'type'"
-    kind = check.get("type")
-    if not isinstance(kind, str) or not kind:
-        return "a check needs a 'type'"
-    if kind not in CHECK_FIELDS:
-        return f"unknown check type '{kind}' (known: {', '.join(CHECK_FIELDS)})"
-    extra = sorted(set(check) - set(CHECK_FIELDS[kind]) - {"type"})
-    if extra:
-        return f"unknown field '{extra[0]}' for a {kind} check (allowed: {', '.join(CHECK_FIELDS[kind])})"
-    return VALIDATORS[kind](check)
 
 
 def calls_match_tools(check: dict, tools: list[dict]) -> str:

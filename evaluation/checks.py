@@ -1,8 +1,8 @@
-"""Scoring one answer against one check of a suite case (see `evaluation.suite` for the check fields).
+"""Scoring one answer against one check of a suite case: one scorer per check type.
 
-Text checks run here on the answer alone. Two types need the model again and are only scored here
-from what the runner measured: `choice` (log-likelihood of each choice, `score_choice`) and `judge`
-(a judge model's rubric score). `needs_model` tells the runner which is which.
+Text checks run here on the answer alone. Two types need the model again: `choice` is scored here from
+the log-likelihood of each choice the runner measured (`score_choice`), `judge` by a judge model
+(`evaluation.judge`). Which scorer belongs to which type is registered in `evaluation.check_types`.
 
 A CheckResult's `passed` is None when the check could not be decided (e.g. BERTScore without its
 model on disk); `score` holds a continuous metric where the check has one (ROUGE-L, BLEU, word count).
@@ -14,14 +14,10 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from evaluation.case import Case
 from evaluation.function_calls import check_calls, find_json_values
 
-if TYPE_CHECKING:
-    from evaluation.suite import Case
-
-MODEL_CHECKS = ("choice", "judge")
 NUMERIC_TOLERANCE = 1e-6
 MARKER_WINDOW = 40  # how far after "####" or "answer is" the number may be
 # A number as models write them: -3.5, 1,234, $1,234.50, 3/4; units and "%" after it are simply not part of it.
@@ -269,32 +265,7 @@ def check_bertscore(check: dict, answer: str, case: Case) -> CheckResult:
     return result(check, passed, f"BERTScore F1 {value:.3f} (threshold {check['threshold']:g})", score=value)
 
 
-# --- dispatch ---------------------------------------------------------------------------------------------------
-
-CHECKS = {
-    "contains": check_contains, "exact": check_exact, "regex": check_regex, "numeric": check_numeric,
-    "function_call": check_function_call, "refusal": check_refusal, "max_words": check_word_count,
-    "min_words": check_word_count, "json": check_json, "rouge_l": check_rouge_l, "bleu": check_bleu,
-    "bertscore": check_bertscore,
-}
-
-
-def needs_model(check: dict) -> str | None:
-    """'choice' or 'judge' when the runner must ask the model (log-likelihoods, a judge); None for text checks."""
-    return check.get("type") if check.get("type") in MODEL_CHECKS else None
-
-
-def run_check(check: dict, answer: str, case: Case) -> CheckResult:
-    """Score an answer on one validated check (as `load_suite` gives them) that needs no model."""
-    kind = check.get("type")
-    if kind == "choice":
-        raise ValueError("a choice check is scored from log-likelihoods: call score_choice, not run_check")
-    if kind == "judge":
-        raise ValueError("a judge check is scored by the judge model: the runner must call the judge")
-    if kind not in CHECKS:
-        raise ValueError(f"unknown check type {kind!r}")
-    return CHECKS[kind](check, answer, case)
-
+# --- scored with the model's help -------------------------------------------------------------------------
 
 def score_choice(logprobs: list[float], choice_texts: list[str], answer: int) -> CheckResult:
     """Multiple choice as lm-eval scores it: acc picks the most likely choice, acc_norm the most likely per

@@ -15,9 +15,11 @@ from pathlib import Path
 from models import ArenaError, ChatRequest, Engine, SamplingParams
 from kernel.jsonl import JsonlAppender
 
-from .checks import CheckResult, case_passed, needs_model, run_check, score_choice
+from .case import Case
+from .check_types import JUDGE, LIKELIHOOD, check_type, run_check
+from .checks import CheckResult, case_passed, score_choice
 from .store import AnswerStore, fingerprint, variant_fingerprint
-from .suite import Case, load_suite
+from .suite import load_suite
 
 TOOLS_INSTRUCTION = ("You can call functions. To call one, answer only with JSON like "
                      '{"name": "function_name", "arguments": {"arg": "value"}}. The functions:\n')
@@ -161,7 +163,7 @@ def turn_id(case: Case, turn: int) -> str:
 def answers_for(engine, case, turn, conversations, system, params, store, weights, cancel) -> dict[str, tuple[str, bool]]:
     """Stored answers where nothing changed; the rest generated together in one batched call."""
     variants = list(conversations)
-    if all(needs_model(check) == "choice" for check in case.checks):
+    if all(check_type(check).scored_by == LIKELIHOOD for check in case.checks):
         return {v: ("", False) for v in variants}  # scored by log-likelihood, nothing to generate
     # Earlier answers follow from the weights, the case and the parameters, so these name a turn's answer.
     case_key = fingerprint(case.messages, system, case.tools, *case.followups[:turn])
@@ -179,14 +181,14 @@ def answers_for(engine, case, turn, conversations, system, params, store, weight
 
 
 def check_one(engine, variant, case, check, conversation, turn, answer, system, judge, run) -> CheckResult:
-    kind = needs_model(check)
-    if kind == "choice":
+    scored_by = check_type(check).scored_by
+    if scored_by == LIKELIHOOD:
         scored = engine.loglikelihood(variant, case.messages, check["choices"], system=system)
         return score_choice([c.logprob for c in scored], check["choices"], check["answer"])
-    if kind == "judge":
+    if scored_by == JUDGE:
         if judge is None:
             run.judge_skipped += 1
-            return CheckResult("judge", None, None, "not graded: no judge given")
+            return CheckResult(check["type"], None, None, "not graded: no judge given")
         return judge_check(judge, conversation, check, answer, turn_reference(case, check, turn), run)
     return run_check(check, answer, case)
 

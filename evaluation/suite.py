@@ -2,8 +2,8 @@
 
 A suite is written by hand, so it will have mistakes. A bad line is reported (line number and reason)
 and skipped; the rest still runs, so one typo does not throw away a whole evaluation. Only a suite
-with no usable case at all is an error. The check types and their fields are documented in
-`evaluation.check_fields.CHECK_FIELDS`; how each is scored lives in `evaluation.checks`.
+with no usable case at all is an error. The check types, their fields and how each is scored are
+registered in `evaluation.check_types.CHECK_TYPES`.
 
 A case with `turns` (MT-bench's two questions) is a conversation: the first turn is asked, then each
 next one after the model's own answer, and every turn's answer is checked.
@@ -11,40 +11,16 @@ next one after the model's own answer, and every turn's answer is checked.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation.check_fields import calls_match_tools, first_reason, validate_check
+from evaluation.case import Case
+from evaluation.check_fields import first_reason
+from evaluation.check_types import LIKELIHOOD, check_type, validate_check
 from kernel.errors import ArenaError
 
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 PROBLEMS_IN_ERROR = 3  # enough to show the pattern of a broken file without a wall of text
-
-
-@dataclass
-class Case:
-    """One test: the conversation sent to the model and the checks its answer must pass.
-
-    messages: {role, content} turns ending with the user's turn (a `prompt` becomes one user turn).
-    followups: user turns asked one by one after the model's own answer to the turn before.
-    reference_turns: a reference answer per turn, for the judge (turn 1's may also be the check's).
-    tools: JSON-schema function specs ({name, description, parameters}), OpenAI wrappers removed.
-    line: where the case is in its suite file, so results can point back to it.
-    """
-
-    id: str | int
-    category: str
-    messages: list[dict]
-    system: str | None = None
-    tools: list[dict] = field(default_factory=list)
-    checks: list[dict] = field(default_factory=list)
-    line: int = 0
-    followups: list[str] = field(default_factory=list)
-    reference_turns: list[str] = field(default_factory=list)
-
-    @property
-    def turns(self) -> int:
-        return 1 + len(self.followups)
 
 
 @dataclass
@@ -147,12 +123,18 @@ def row_checks(row: dict) -> tuple[list[dict], str]:
 
 def checks_reason(checks: list, tools: list[dict]) -> str:
     for index, check in enumerate(checks, 1):
-        reason = validate_check(check)
-        if not reason and check["type"] == "function_call":
-            reason = calls_match_tools(check, tools)
+        reason = validate_check(check, tools)
         if reason:
             kind = check.get("type") if isinstance(check, dict) and isinstance(check.get("type"), str) else "?"
             return f"check {index} ({kind}): {reason}"
+    return ""
+
+
+def single_answer_reason(checks: list[dict]) -> str:
+    """Why these checks cannot score a conversation of several turns ('' if they can)."""
+    for check in checks:
+        if check_type(check).scored_by == LIKELIHOOD:
+            return f"a '{check['type']}' check scores one answer's likelihood: it cannot be used with several 'turns'"
     return ""
 
 
@@ -170,8 +152,8 @@ def parse_case(row: dict, line: int) -> tuple[Case | None, str]:
     checks, checks_missing = row_checks(row)
     followups, references, turns_reason = case_turns(row)
     reason = first_reason(turns_reason, reason, tools_reason, checks_missing) or checks_reason(checks, tools)
-    if not reason and followups and any(check["type"] == "choice" for check in checks):
-        reason = "a 'choice' check scores one answer's likelihood: it cannot be used with several 'turns'"
+    if not reason and followups:
+        reason = single_answer_reason(checks)
     if reason:
         return None, reason
     case = Case(id=case_id, category=row["category"], messages=messages, system=row.get("system"),

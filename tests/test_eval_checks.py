@@ -7,9 +7,10 @@ import pytest
 
 from tests.helpers import shared_data
 
-from evaluation.checks import CheckResult, case_passed, needs_model, run_check, score_choice
-from evaluation.check_fields import validate_check
-from evaluation.suite import Case, load_suite
+from evaluation.case import Case
+from evaluation.check_types import CHECK_TYPES, run_check, validate_check
+from evaluation.checks import CheckResult, case_passed, score_choice
+from evaluation.suite import load_suite
 
 GLAIVE = shared_data() / "glaive_toolcall_en_demo.json"
 
@@ -246,11 +247,10 @@ def test_bertscore_without_its_model_is_skipped_not_failed():
 def test_choice_and_judge_need_the_model():
     choice = {"type": "choice", "choices": ["Paris", "Lyon"], "answer": 0}
     judge = {"type": "judge", "rubric": "Is it helpful?"}
-    assert (needs_model(choice), needs_model(judge), needs_model({"type": "exact", "value": "x"})) == \
-        ("choice", "judge", None)
-    with pytest.raises(ValueError, match="score_choice"):
+    assert [CHECK_TYPES[kind].scored_by for kind in ("choice", "judge", "exact")] == ["likelihood", "judge", "answer"]
+    with pytest.raises(ValueError, match="choice check is scored by the runner"):
         run_check(choice, "Paris", case())
-    with pytest.raises(ValueError, match="judge"):
+    with pytest.raises(ValueError, match="judge check is scored by the runner"):
         run_check(judge, "Paris", case())
 
 

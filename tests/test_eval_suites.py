@@ -1,6 +1,7 @@
 """The bundled evaluation suites (evaluation/suites/*.jsonl) are well formed, read with plain json.
 
-Structure only: ids, fields, check types and their fields, choice indexes, expected function calls that
+Structure only: ids, fields, check types and their fields (as the registry in evaluation.check_types
+validates them, plus the bundled suites' stricter rules), choice indexes, expected function calls that
 match their tools, the categories and counts each suite promises. Whether a model passes them is not
 tested here.
 """
@@ -14,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from evaluation.check_types import validate_check
 
 REPO = Path(__file__).resolve().parent.parent
 SUITES = REPO / "evaluation" / "suites"
@@ -31,25 +34,7 @@ MT_BENCH_WITH_REFERENCE = {"math", "reasoning", "coding"}
 CASE_KEYS = {"id", "category", "prompt", "messages", "system", "tools", "check", "checks"}
 EXTRA_CASE_KEYS = {"turns", "reference_turns"}  # mt_bench: both turns, and GPT-4's answers to them
 MESSAGE_ROLES = {"system", "user", "assistant", "tool"}
-JUDGE_SCORES = tuple(f"score{n}_description" for n in range(1, 6))
 JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
-
-CHECK_FIELDS = {  # type -> (required fields, optional fields)
-    "contains": ({"value"}, {"ignore_case"}),
-    "exact": ({"value"}, {"ignore_case"}),
-    "regex": ({"value"}, {"ignore_case"}),
-    "numeric": ({"answer"}, {"tolerance"}),
-    "choice": ({"choices", "answer"}, set()),
-    "function_call": ({"calls"}, set()),
-    "refusal": ({"should_refuse"}, set()),
-    "max_words": ({"value"}, set()),
-    "min_words": ({"value"}, set()),
-    "json": ({"required_keys"}, set()),
-    "rouge_l": ({"reference", "threshold"}, set()),
-    "bleu": ({"reference", "threshold"}, set()),
-    "judge": ({"rubric", "threshold"}, {"reference"}),
-}
-
 
 def read_suite(name: str) -> list[dict]:
     rows = []
@@ -138,74 +123,28 @@ def call_problems(check: dict, tools: list[dict]) -> list[str]:
 
 
 def check_problems(check, tools: list[dict]) -> list[str]:
-    if not isinstance(check, dict) or check.get("type") not in CHECK_FIELDS:
-        return [f"unknown check {check!r:.80}"]
+    """What the loader would reject (the check type registry's own fields and validators), and then the
+    bundled suites' stricter rules: full judge rubrics with a threshold, distinct choices, numeric answers
+    as numbers, word limits above 0, expected calls that fit their tools exactly."""
+    if reason := validate_check(check, tools):
+        return [f"{check.get('type') if isinstance(check, dict) else '?'}: {reason}"]
     kind = check["type"]
-    required, optional = CHECK_FIELDS[kind]
-    fields = set(check) - {"type"}
-    problems = [f"{kind}: missing {sorted(required - fields)}"] if required - fields else []
-    if fields - required - optional:
-        problems.append(f"{kind}: unknown fields {sorted(fields - required - optional)}")
-    if problems:
-        return problems
-    if "ignore_case" in check and not isinstance(check["ignore_case"], bool):
-        problems.append(f"{kind}: ignore_case must be a bool")
-    if kind == "contains":
-        value = check["value"]
-        values = value if isinstance(value, list) else [value]
-        if not values or not all(nonempty_str(v) for v in values):
-            problems.append("contains: value must be a string or a non-empty list of strings")
-    elif kind == "exact":
-        if not nonempty_str(check["value"]):
-            problems.append("exact: value must be a non-empty string")
-    elif kind == "regex":
-        try:
-            re.compile(check["value"])
-        except (re.error, TypeError) as exc:
-            problems.append(f"regex: {check['value']!r} does not compile ({exc})")
-    elif kind == "numeric":
-        if not is_number(check["answer"]):
-            problems.append("numeric: answer must be a number")
-    elif kind == "choice":
-        choices, answer = check["choices"], check["answer"]
-        if not isinstance(choices, list) or len(choices) < 2 or not all(nonempty_str(c) for c in choices):
-            problems.append("choice: choices must be a list of at least two non-empty strings")
-        elif len(set(choices)) != len(choices):
-            problems.append("choice: duplicate choices")
-        elif not is_int(answer) or not 0 <= answer < len(choices):
-            problems.append(f"choice: answer {answer!r} is not an index into {choices}")
+    problems = []
+    if kind == "choice" and len(set(check["choices"])) != len(check["choices"]):
+        problems.append("choice: duplicate choices")
     elif kind == "function_call":
-        if not isinstance(check["calls"], list) or not check["calls"]:
-            problems.append("function_call: calls must be a non-empty list")
-        elif not tools:
-            problems.append("function_call: the case has no tools")
-        else:
-            problems += call_problems(check, tools)
-    elif kind == "refusal":
-        if not isinstance(check["should_refuse"], bool):
-            problems.append("refusal: should_refuse must be a bool")
-    elif kind in ("max_words", "min_words"):
-        if not is_int(check["value"]) or check["value"] <= 0:
-            problems.append(f"{kind}: value must be a positive integer")
-    elif kind == "json":
-        keys = check["required_keys"]
-        if not isinstance(keys, list) or not all(nonempty_str(k) for k in keys):
-            problems.append("json: required_keys must be a list of strings")
-    elif kind in ("rouge_l", "bleu"):
-        high = 1.0 if kind == "rouge_l" else 100.0
-        if not nonempty_str(check["reference"]):
-            problems.append(f"{kind}: reference must be a non-empty string")
-        if not is_number(check["threshold"]) or not 0 < check["threshold"] <= high:
-            problems.append(f"{kind}: threshold must be in (0, {high:g}]")
+        problems += call_problems(check, tools)
+    elif kind == "numeric" and not is_number(check["answer"]):
+        problems.append("numeric: answer must be a number")
+    elif kind in ("max_words", "min_words") and check["value"] <= 0:
+        problems.append(f"{kind}: value must be a positive integer")
+    elif kind in ("rouge_l", "bleu", "bertscore") and check["threshold"] <= 0:
+        problems.append(f"{kind}: threshold must be above 0")
     elif kind == "judge":
-        rubric = check["rubric"]
-        if not isinstance(rubric, dict) or set(rubric) != {"criteria", *JUDGE_SCORES} \
-                or not all(nonempty_str(v) for v in rubric.values()):
-            problems.append("judge: rubric must be {criteria, score1_description..score5_description} of strings")
-        if not is_number(check["threshold"]) or not 1 <= check["threshold"] <= 5:
-            problems.append("judge: threshold must be between 1 and 5")
-        if "reference" in check and not nonempty_str(check["reference"]):
-            problems.append("judge: reference must be a non-empty string")
+        if not isinstance(check["rubric"], dict):
+            problems.append("judge: rubric must be {criteria, score1_description..score5_description}")
+        if "threshold" not in check:
+            problems.append("judge: threshold must be given")
     return problems
 
 

@@ -8,8 +8,7 @@ import pytest
 
 from tests.test_eval_checks import PARIS_CALL, WEATHER
 
-from evaluation.checks import run_check
-from evaluation.check_fields import CHECK_FIELDS, validate_check
+from evaluation.check_types import CHECK_TYPES, run_check, validate_check
 from evaluation.suite import load_suite
 from kernel.errors import ArenaError
 
@@ -18,10 +17,15 @@ SUITES = Path(__file__).resolve().parent.parent / "evaluation" / "suites"
 
 # --- loading suites ---------------------------------------------------------------------------------------------
 
-def test_every_check_type_has_a_runner_or_needs_the_model():
-    from evaluation.checks import CHECKS
-
-    assert set(CHECK_FIELDS) == set(CHECKS) | {"choice", "judge"}
+@pytest.mark.parametrize("kind", CHECK_TYPES.values(), ids=lambda kind: kind.name)
+def test_each_check_type_validates_its_own_fields(kind):
+    """The registry's example is valid; without a required field, or with a field it does not know, it is not."""
+    assert kind.example["type"] == kind.name and validate_check(kind.example) == ""
+    for name in kind.required:
+        without = {key: value for key, value in kind.example.items() if key != name}
+        assert validate_check(without) != "", (kind.name, name)
+    assert validate_check({**kind.example, "treshold": 1}).startswith(f"unknown field 'treshold' for a {kind.name}")
+    assert (kind.score is not None) == (kind.scored_by == "answer"), kind.name  # scored here, or by the runner
 
 
 def test_validate_check_names_the_field():
