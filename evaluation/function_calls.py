@@ -6,10 +6,17 @@ calls, OpenAI's {"tool_calls": [{"function": {"name", "arguments": "<json string
 missing bracket. `parse_calls` accepts all of them, so a model is judged on the call it made rather
 than on its formatting.
 
-The comparison follows the leaderboard's AST checker: right function name; every required argument
-present (required by the tool's schema, or listed without "" among its allowed values); no argument
-the schema or the expected call does not know; values of the schema's type; each value in its
-allowed list. Several expected calls match the model's calls one-to-one, in any order.
+The comparison follows the leaderboard's AST checker (`bfcl_eval.eval_checker.ast_eval.ast_checker`):
+right function name; every required argument present (required by the tool's schema, or listed without
+"" among its allowed values); no argument the schema or the expected call does not know; values of the
+schema's type; each value among its allowed ones. Strings compare as BFCL's `standardize_string` does
+(case and the characters ` ,./-_*^` ignored, ' read as "), inside lists and objects too. An allowed
+object whose values are all lists is BFCL's nested form (`{"min": [300000], "max": [""]}`: each key's
+allowed values, "" = may be absent). A value equal to an allowed value of its own JSON type passes even
+where that type is not the schema's (BFCL lists `null` for some floats). "float" is BFCL's type: an
+integer passes for a float argument, but not inside an array of floats; JSON Schema's "number" takes
+both. Several expected calls match the model's calls one-to-one, in any order (BFCL pairs them
+greedily, so a reordering it fails can pass here).
 """
 from __future__ import annotations
 
@@ -23,11 +30,12 @@ import json_repair
 
 FENCE = re.compile(r"```[^\n`]*\n?(.*?)```", re.S)
 CALL_KEYS = {"name", "arguments", "parameters", "id", "type", "index", "call_id"}  # nothing else is in a call
-TYPE_ALIASES = {"int": "integer", "float": "number", "double": "number", "str": "string", "bool": "boolean",
+TYPE_ALIASES = {"int": "integer", "double": "number", "str": "string", "bool": "boolean",
                 "list": "array", "tuple": "array", "dict": "object"}  # the leaderboard's own schemas use these
 TYPE_TESTS = {
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, float),  # BFCL's type; an int passes only as the argument itself
     "string": lambda v: isinstance(v, str),
     "boolean": lambda v: isinstance(v, bool),
     "array": lambda v: isinstance(v, list),
@@ -35,6 +43,7 @@ TYPE_TESTS = {
     "null": lambda v: v is None,
 }
 DETAIL_CHARS = 300
+IGNORED_IN_STRINGS = re.compile(r"[\s,./\-_*^]")  # BFCL's standardize_string (it removes the space only)
 
 
 @dataclass
@@ -155,45 +164,89 @@ def parse_calls(answer: str) -> list[Call]:
 # --- comparing with the expected calls --------------------------------------------------------------------------
 
 def json_type(value) -> str:
-    for kind in ("boolean", "integer", "number", "string", "array", "object", "null"):
+    for kind in ("boolean", "integer", "float", "string", "array", "object", "null"):
         if TYPE_TESTS[kind](value):
             return kind
     return type(value).__name__
 
 
-def type_mismatch(value, schema: dict) -> str:
-    """Why a value does not have its schema's type ('' if it does, or the schema names no known type)."""
+def schema_types(schema) -> list[str]:
     kinds = schema.get("type") if isinstance(schema, dict) else None
     kinds = [TYPE_ALIASES.get(k, k) for k in (kinds if isinstance(kinds, list) else [kinds])]
-    known = [k for k in kinds if k in TYPE_TESTS]
+    return [k for k in kinds if k in TYPE_TESTS]
+
+
+def type_mismatch(value, schema: dict, item: bool = False) -> str:
+    """Why a value does not have its schema's type ('' if it does, or the schema names no known type).
+    An argument (not an array item) may be an integer where BFCL's "float" is declared, as BFCL allows."""
+    known = schema_types(schema)
     if not known:
         return ""
-    if not any(TYPE_TESTS[k](value) for k in known):
+    as_float = not item and "float" in known and TYPE_TESTS["integer"](value)
+    if not as_float and not any(TYPE_TESTS[k](value) for k in known):
         return f"expected {' or '.join(known)}, got {json_type(value)} {value!r}"
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for index, item in enumerate(value):
-            if reason := type_mismatch(item, schema["items"]):
+        for index, element in enumerate(value):
+            if reason := type_mismatch(element, schema["items"], item=True):
                 return f"item {index}: {reason}"
     return ""
 
 
-def normalize_text(text: str) -> str:
-    return " ".join(text.split()).casefold()
+def standardize(text: str) -> str:
+    return IGNORED_IN_STRINGS.sub("", text).lower().replace("'", '"')
+
+
+def nested_form(allowed) -> bool:
+    """BFCL's form for an object argument: each key -> a list of its allowed values ("" = may be absent)."""
+    return isinstance(allowed, dict) and bool(allowed) and all(isinstance(v, list) and v for v in allowed.values())
+
+
+def nested_match(value: dict, allowed: dict) -> bool:
+    if any(key not in allowed for key in value):
+        return False
+    if any(key not in value and "" not in choices for key, choices in allowed.items()):
+        return False
+    return all(any(values_equal(v, choice) for choice in allowed[key] if choice != "") for key, v in value.items())
 
 
 def values_equal(value, allowed) -> bool:
-    """Strings ignoring case and spacing, numbers numerically (5 == 5.0), lists in order, objects by key."""
+    """Strings standardized as BFCL does, numbers numerically (5 == 5.0), lists in order, objects by key
+    or in BFCL's nested form."""
     if isinstance(value, bool) or isinstance(allowed, bool):
         return isinstance(value, bool) and isinstance(allowed, bool) and value == allowed
     if isinstance(value, (int, float)) and isinstance(allowed, (int, float)):
         return math.isclose(value, allowed, rel_tol=1e-9, abs_tol=1e-12)
     if isinstance(value, str) and isinstance(allowed, str):
-        return normalize_text(value) == normalize_text(allowed)
+        return standardize(value) == standardize(allowed)
     if isinstance(value, list) and isinstance(allowed, list):
         return len(value) == len(allowed) and all(values_equal(v, a) for v, a in zip(value, allowed))
     if isinstance(value, dict) and isinstance(allowed, dict):
+        if nested_form(allowed) and nested_match(value, allowed):
+            return True
         return value.keys() == allowed.keys() and all(values_equal(value[k], allowed[k]) for k in value)
     return value is None and allowed is None
+
+
+def same_types(value, allowed) -> bool:
+    """The same JSON type all the way down (3 is not 3.0 here), so equality cannot hide a wrong type."""
+    if json_type(value) != json_type(allowed):
+        return False
+    if isinstance(value, list):
+        return len(value) == len(allowed) and all(same_types(v, a) for v, a in zip(value, allowed))
+    if isinstance(value, dict):
+        return all(key in allowed and same_types(v, allowed[key]) for key, v in value.items())
+    return True
+
+
+def is_allowed_as_given(value, choices: list) -> bool:
+    """Equal to an allowed value of its own type: passes whatever the schema declares, as in BFCL."""
+    return any(same_types(value, choice) and values_equal(value, choice) for choice in choices)
+
+
+def off_type_choices(choices: list, schema: dict) -> list[tuple[object, str]]:
+    """(allowed value, why) for allowed values not of the schema's type: they pass only when given exactly."""
+    found = [(choice, type_mismatch(choice, schema)) for choice in choices if choice != "" and not nested_form(choice)]
+    return [(choice, reason) for choice, reason in found if reason]
 
 
 def required_arguments(expected: dict, spec: dict | None) -> list[str]:
@@ -217,9 +270,11 @@ def call_mismatch(expected: dict, call: Call, spec: dict | None) -> str:
     for arg, value in call.arguments.items():
         if arg not in allowed or (properties and arg not in properties):
             return f"unexpected argument '{arg}'"
+        choices = [choice for choice in allowed[arg] if choice != ""]
+        if is_allowed_as_given(value, choices):
+            continue
         if reason := type_mismatch(value, properties.get(arg, {})):
             return f"argument '{arg}': {reason}"
-        choices = [choice for choice in allowed[arg] if choice != ""]
         if not any(values_equal(value, choice) for choice in choices):
             return f"argument '{arg}': {value!r} not in {choices!r}"
     return ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -170,13 +171,18 @@ def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, steps: pd.Da
     variants = run.config.variants
     cases = len({r.case_id for r in run.results if r.turn == 1})
     turns = len({r.case_id for r in run.results})
+    how = (f"Answers read from {run.answers_from}, scored without a model." if run.answers_from else
+           f"Greedy, max {run.config.max_new_tokens} new tokens. {run.seconds:.0f} s.")
     lines = [f"# Evaluation: {run.suite_name}", "",
              f"Variants: {', '.join(variants)}. Cases: {cases}" + (f" ({turns} turns)" if turns > cases else "") + ". "
-             f"Greedy, max {run.config.max_new_tokens} new tokens. {run.seconds:.0f} s."
-             + (" **Cancelled before the end.**" if run.cancelled else ""), ""]
+             + how + (" **Cancelled before the end.**" if run.cancelled else ""), ""]
     if run.problems:
         lines += [f"{len(run.problems)} malformed case(s) skipped: "
                   + "; ".join(f"line {n}: {why}" for n, why in run.problems[:10]), ""]
+    if run.notes:
+        lines += [f"{len(run.notes)} note(s) on the suite: "
+                  + "; ".join(f"line {n}: {why}" for n, why in run.notes[:10]), ""]
+    lines += check_lines(run.results)
     if run.judge_graded:
         lines += [f"Judge: {run.judge_graded} grades, {run.judge_unparsed} unparseable after retries (counted as undecided).", ""]
     if run.judge_skipped:
@@ -203,6 +209,24 @@ def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, steps: pd.Da
         lines += ["## Forgetting and recovery across the stages", "", *forgetting_lines(steps), ""]
     lines += per_case_table(run)
     return "\n".join(lines) + "\n"
+
+
+def check_lines(results) -> list[str]:
+    """How numeric checks were scored (lm-eval's modes or the lenient one), and which checks were not scored."""
+    numeric, unscored = Counter(), {}
+    for r in results:
+        for check in r.checks:
+            if check["type"] == "numeric":
+                numeric[check["detail"].split(":", 1)[0]] += 1
+            if check["detail"].startswith("not scored"):
+                unscored.setdefault(check["type"], []).append(r.case_id)
+    lines = []
+    if numeric:
+        lines += ["Numeric checks scored in mode " + ", ".join(f"{mode} ({n})" for mode, n in numeric.items()) + ".", ""]
+    for kind, cases in unscored.items():
+        shown = ", ".join(list(dict.fromkeys(cases))[:5]) + (", ..." if len(set(cases)) > 5 else "")
+        lines += [f"Not scored: {len(cases)} {kind} check(s) ({shown}): they need the model; `run` scores them.", ""]
+    return lines
 
 
 def turn_table(results, variants: list[str]) -> list[str]:

@@ -9,63 +9,21 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-from models import ArenaError, ChatRequest, Engine, SamplingParams
+from models import ArenaError, ChatRequest, Engine
 from kernel.jsonl import JsonlAppender
 
 from .case import Case
 from .check_types import JUDGE, LIKELIHOOD, check_type, run_check
 from .checks import CheckResult, case_passed, score_choice
+from .results import CaseResult, EvalConfig, EvalRun, mean_score, turn_id  # noqa: F401 (imported from here too)
 from .store import AnswerStore, fingerprint, variant_fingerprint
 from .suite import load_suite
 
 TOOLS_INSTRUCTION = ("You can call functions. To call one, answer only with JSON like "
                      '{"name": "function_name", "arguments": {"arg": "value"}}. The functions:\n')
-
-
-@dataclass
-class EvalConfig:
-    suite: str
-    variants: list[str]
-    judge: str | None = None  # a variant name or an OpenAI-compatible URL
-    max_new_tokens: int = 256
-    limit: int | None = None  # the first N cases only
-    categories: list[str] | None = None
-    stages: bool = False  # the variants are successive stages of one fine-tune, in training order
-
-    def params(self) -> SamplingParams:
-        return SamplingParams(max_new_tokens=self.max_new_tokens)  # greedy: reproducible answers
-
-
-@dataclass
-class CaseResult:
-    case_id: str
-    category: str
-    variant: str
-    prompt: str
-    answer: str
-    passed: bool | None
-    score: float | None
-    checks: list[dict]
-    reused: bool = False
-    turn: int = 1  # which question of a multi-turn case (MT-bench has two)
-
-
-@dataclass
-class EvalRun:
-    config: EvalConfig
-    suite_name: str
-    problems: list[tuple[int, str]]
-    results: list[CaseResult] = field(default_factory=list)
-    judge_unparsed: int = 0
-    judge_graded: int = 0
-    judge_skipped: int = 0  # judged checks left undecided because no judge was given
-    vote_agreement: str = ""  # how often the judge agrees with Arena votes, when there are any
-    run_dir: Path | None = None
-    seconds: float = 0.0
-    cancelled: bool = False
 
 
 class Progress:
@@ -105,7 +63,8 @@ def run_evaluation(engine: Engine, cfg: EvalConfig, data_dir: Path, judge=None, 
     cases = select_cases(loaded.cases, cfg)
     if not cases:
         raise ArenaError(f"{cfg.suite}: no case to run (check --categories / --limit)")
-    run = EvalRun(cfg, loaded.name, [(p.line, p.reason) for p in loaded.problems])
+    run = EvalRun(cfg, loaded.name, [(p.line, p.reason) for p in loaded.problems],
+                  notes=[(n.line, n.reason) for n in loaded.notes])
     run.run_dir = Path(data_dir) / "evaluations" / f"{time.strftime('%Y%m%d-%H%M%S')}-{loaded.name}"
     run.run_dir.mkdir(parents=True, exist_ok=True)
     store = AnswerStore(Path(data_dir) / "eval.sqlite")
@@ -153,11 +112,6 @@ def evaluate_case(engine, case: Case, cfg: EvalConfig, store: AnswerStore, weigh
                 score=mean_score(checks), checks=[asdict(c) for c in checks], reused=reused, turn=turn + 1,
             ))
     return results
-
-
-def turn_id(case: Case, turn: int) -> str:
-    """A multi-turn case reports each turn on its own row: mt-81, mt-81#2."""
-    return str(case.id) if turn == 0 else f"{case.id}#{turn + 1}"
 
 
 def answers_for(engine, case, turn, conversations, system, params, store, weights, cancel) -> dict[str, tuple[str, bool]]:
@@ -238,8 +192,3 @@ def judge_vote_agreement(judge, data_dir: Path, limit: int = 50) -> str:
         verdicts[(prompt, vote.variant_a, vote.variant_b)] = grade_pairwise(
             judge, prompt, vote.conversation_a[-1]["content"], vote.conversation_b[-1]["content"])
     return agreement_with_votes(verdicts, votes).summary()
-
-
-def mean_score(checks: list[CheckResult]) -> float | None:
-    scores = [c.score if c.score is not None else float(c.passed) for c in checks if c.passed is not None]
-    return sum(scores) / len(scores) if scores else None

@@ -2,7 +2,8 @@
 
 A suite is written by hand, so it will have mistakes. A bad line is reported (line number and reason)
 and skipped; the rest still runs, so one typo does not throw away a whole evaluation. Only a suite
-with no usable case at all is an error. The check types, their fields and how each is scored are
+with no usable case at all is an error. A line that loads but may not score as its author expects
+(an allowed value of another type than the tool's schema declares) is kept, with a note. The check types, their fields and how each is scored are
 registered in `evaluation.check_types.CHECK_TYPES`.
 
 A case with `turns` (MT-bench's two questions) is a conversation: the first turn is asked, then each
@@ -11,12 +12,12 @@ next one after the model's own answer, and every turn's answer is checked.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluation.case import Case
 from evaluation.check_fields import first_reason
-from evaluation.check_types import LIKELIHOOD, check_type, validate_check
+from evaluation.check_types import LIKELIHOOD, check_notes, check_type, validate_check
 from kernel.errors import ArenaError
 
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
@@ -33,12 +34,13 @@ class Problem:
 
 @dataclass
 class SuiteLoad:
-    """The usable cases of a suite file, plus every line that had to be skipped."""
+    """The usable cases of a suite file, plus every line that had to be skipped, and notes on kept lines."""
 
     cases: list[Case]
     problems: list[Problem]
     path: Path
     name: str
+    notes: list[Problem] = field(default_factory=list)
 
 
 # --- cases ------------------------------------------------------------------------------------------------------
@@ -161,6 +163,11 @@ def parse_case(row: dict, line: int) -> tuple[Case | None, str]:
     return case, ""
 
 
+def case_notes(case: Case) -> list[Problem]:
+    return [Problem(case.line, f"check {index} ({check['type']}): {note}")
+            for index, check in enumerate(case.checks, 1) for note in check_notes(check, case.tools)]
+
+
 def read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise ArenaError(f"{path}: no such suite file")
@@ -193,6 +200,7 @@ def load_suite(path: str | Path) -> SuiteLoad:
     path = Path(path)
     cases: list[Case] = []
     problems: list[Problem] = []
+    notes: list[Problem] = []
     first_line_of: dict[str, int] = {}  # ids compared as text: 7 and "7" would be the same row in a report
     for number, text in enumerate(read_lines(path), 1):
         if not text.strip():
@@ -206,6 +214,7 @@ def load_suite(path: str | Path) -> SuiteLoad:
             continue
         first_line_of[str(case.id)] = number
         cases.append(case)
+        notes += case_notes(case)
     if not cases:
         raise no_case_error(path, problems)
-    return SuiteLoad(cases=cases, problems=problems, path=path, name=path.stem)
+    return SuiteLoad(cases=cases, problems=problems, path=path, name=path.stem, notes=notes)

@@ -89,6 +89,43 @@ def test_number_argument_accepts_int_and_float_alike():
     assert check(spec, '{"name": "tip", "arguments": {"bill": 101}}', [tool]).passed is False
 
 
+STOCKS = {"name": "find", "parameters": {"type": "dict", "required": ["company"], "properties": {
+    "company": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
+    "weights": {"type": "array", "items": {"type": "float"}}, "rate": {"type": "float"},
+    "budget": {"type": "dict"}}}}
+
+
+def stocks(arguments: dict, **expected) -> CheckResult:
+    allowed = {"company": ["Apple Inc."], "tags": [["Gluten-free", "2022-08-16"], ""], "weights": [[3.0, 2.0, -4.0], ""],
+               "rate": [None, ""], "budget": [{"min": [300000], "max": [""]}, ""], **expected}
+    return check({"type": "function_call", "calls": [{"name": "find", "arguments": allowed}]}, call(arguments, "find"),
+                 [STOCKS])
+
+
+def test_values_compare_as_bfcl_does():
+    assert stocks({"company": "apple inc", "tags": ["Gluten free", "2022 08 16"]}).passed is True  # standardize_string
+    assert stocks({"company": "Apple"}).detail == "argument 'company': 'Apple' not in ['Apple Inc.']"
+    assert stocks({"company": "Apple Inc.", "rate": None}).passed is True  # an allowed null for a float
+    assert stocks({"company": "Apple Inc.", "rate": 0.5}).passed is False
+    assert stocks({"company": "Apple Inc.", "weights": [3.0, 2.0, -4.0]}).passed is True
+    assert stocks({"company": "Apple Inc.", "weights": [3, 2, -4]}).detail == \
+        "argument 'weights': item 0: expected float, got integer 3"  # BFCL fails ints in an array of floats
+    assert stocks({"company": "Apple Inc.", "budget": {"min": 300000}}).passed is True  # nested form, "" = may be absent
+    assert stocks({"company": "Apple Inc.", "budget": {"min": 300000, "max": 5}}).passed is False
+
+
+def test_suite_notes_allowed_values_the_schema_does_not_allow(tmp_path):
+    row = {"id": "s1", "category": "tools", "prompt": "?", "tools": [STOCKS], "check": {"type": "function_call",
+           "calls": [{"name": "find", "arguments": {"company": ["Apple Inc."], "rate": ["", None], "venue": [""]}}]}}
+    path = tmp_path / "suite.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    loaded = load_suite(path)
+    assert loaded.problems == [] and [(n.line, n.reason) for n in loaded.notes] == [
+        (1, "check 1 (function_call): 'calls[0].arguments.rate': allowed value None does not fit the tool's schema "
+            "(expected float, got null None), so it passes only when given exactly"),
+        (1, "check 1 (function_call): 'calls[0].arguments.venue' is not a parameter of 'find': it can only be left out")]
+
+
 PARALLEL = {"type": "function_call", "calls": [
     {"name": "get_weather", "arguments": {"city": ["Paris"]}},
     {"name": "get_time", "arguments": {"city": ["Tokyo"]}},
@@ -125,15 +162,41 @@ def test_parallel_calls_need_each_call_once():
     ("Sales grew by 42%.", 42),
     ("So x = \\boxed{17}. Double-check with 5 and 3.", 17),
     ("It dropped from 10 to −7 degrees", -7),
+    ("The answer is: **42**.", 42),
 ])
 def test_numeric_finds_the_final_number(answer, expected):
     got = check({"type": "numeric", "answer": expected}, answer)
     assert got.passed is True, got.detail
 
 
+@pytest.mark.parametrize("answer,expected,where", [
+    ("#### Step 1: Count the apples\nShe has 12 + 30 = 42 apples.", 42, "last number"),
+    ("#### 1. Find the total\n5 + 7 = 12", 12, "last number"),
+    ("The answer is the sum of 12 and 30, which is 42", 42, "last number"),
+    ("The answer is calculated as 3 x 4 = 12", 12, "last number"),
+    ("The answer is 3 x 4 = 12", 12, "last number"),
+    ("40 + 2 makes 42, so the answer is 42. Wait… I forgot the 6 pears: the correct total is 48", 48,
+     "last number after the correction 'Wait'"),
+    ("So the answer is 42.\nActually, she gave 2 away, so the answer is 40.", 40,
+     "after 'answer is' after the correction 'Actually'"),
+    ("She waited 10 minutes, then 5 more, so the answer is 15.", 15, "after 'answer is'"),
+])
+def test_numeric_is_not_misled_by_headings_explanations_or_corrections(answer, expected, where):
+    got = check({"type": "numeric", "answer": expected}, answer)
+    assert (got.passed, got.detail) == (True, f"lenient: got {expected:g} ({where}), expected {expected:g}")
+
+
+def test_numeric_mode_must_be_known_and_tolerance_is_lenient_only():
+    assert validate_check({"type": "numeric", "answer": 4, "mode": "lm-eval"}).startswith("'mode' must be one of lenient")
+    reason = validate_check({"type": "numeric", "answer": 4, "mode": "lm-eval-strict", "tolerance": 0.1})
+    assert reason == "'tolerance' applies to the lenient mode only (lm-eval-strict compares text, as lm-eval does)"
+    got = check({"type": "numeric", "answer": 18, "mode": "lm-eval-strict"}, "She makes $18 a day.")
+    assert (got.passed, got.detail) == (False, "lm-eval-strict: extracted '[invalid]', expected '18'")
+
+
 def test_numeric_fails_on_wrong_or_missing_number_and_respects_tolerance():
     assert check({"type": "numeric", "answer": 42}, "I think it is 41.").passed is False
-    assert check({"type": "numeric", "answer": 42}, "No idea.").detail == "no number in the answer (expected 42)"
+    assert check({"type": "numeric", "answer": 42}, "No idea.").detail == "lenient: no number in the answer (expected 42)"
     assert check({"type": "numeric", "answer": 5}, "10 - 5").passed is True  # not minus five
     assert check({"type": "numeric", "answer": 0.333, "tolerance": 0.01}, "About 1/3").passed is True
     assert check({"type": "numeric", "answer": 0.333}, "About 1/3").passed is False
