@@ -43,7 +43,7 @@ TYPE_TESTS = {
     "null": lambda v: v is None,
 }
 DETAIL_CHARS = 300
-IGNORED_IN_STRINGS = re.compile(r"[\s,./\-_*^]")  # BFCL's standardize_string (it removes the space only)
+IGNORED_IN_STRINGS = re.compile(r"[\s,./\-_*^]")  # BFCL's standardize_string (which drops " " but no tab)
 
 
 @dataclass

@@ -81,3 +81,18 @@ def test_a_missing_answers_file_is_an_error_not_a_traceback(tmp_path, capsys):
     code = main(["score", "--suite", suite, "--answers", str(tmp_path / "none.jsonl"), "--verdicts", str(tmp_path / "v")])
     assert code == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'none.jsonl'}: no such file"
+
+
+def test_import_names_the_line_that_is_not_a_benchmark_item(tmp_path, capsys):
+    test = write_jsonl(tmp_path / "test.jsonl", [{"question": "2 + 2?", "answer": "2 + 2 = 4\n#### 4"},
+                                                 {"question": "3 + 3?", "answer": "6"}])
+    assert main(["import", "gsm8k", test, "-o", str(tmp_path / "suite.jsonl")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {test} line 2: not a GSM8K item (needs 'question' and an "
+                                               "'answer' ending in '#### N')")
+    assert not (tmp_path / "suite.jsonl").exists()
+    questions = write_jsonl(tmp_path / "q.json", [{"id": "simple_0", "question": [[{"role": "user", "content": "?"}]],
+                                                   "function": [WEATHER]}])
+    answers = write_jsonl(tmp_path / "a.json", [{"id": "other_0", "ground_truth": []}])
+    assert main(["import", "bfcl", questions, answers, "-o", str(tmp_path / "bfcl.jsonl")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: nothing to write to {tmp_path / 'bfcl.jsonl'}: every item "
+                                               "was left out (simple_0: no possible answer in a.json)")
