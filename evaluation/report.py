@@ -1,10 +1,15 @@
 """The before/after report: scores per category with 95% bootstrap intervals, paired tests against
 the base (and, for successive stages of one fine-tune, each stage against the one before, to show
 forgetting and recovery), a per-case table and a grouped bar chart, as Markdown, HTML and PNG.
+
+Every text that comes from a suite, a model or a name (prompts, answers, categories, variants, the
+suite's name) goes through `plain`, so it shows as text: the report is rendered with HTML allowed (for
+its <details> block) in the Evaluate tab, and a suite must not be able to put a script there.
 """
 from __future__ import annotations
 
 import base64
+import html
 import math
 from collections import Counter
 from pathlib import Path
@@ -111,13 +116,13 @@ def forgetting_lines(steps: pd.DataFrame) -> list[str]:
     lines = []
     significant = steps[(steps["p_value"] < ALPHA) & (steps["category"] != "overall")]
     for _, lost in significant[significant["difference"] < 0].iterrows():
-        line = (f"- **Forgetting**: {lost['category']} fell {lost['difference'] * 100:+.1f} points "
-                f"from {lost['before']} to {lost['after']} (p={lost['p_value']:.3f}).")
+        line = (f"- **Forgetting**: {plain(lost['category'])} fell {lost['difference'] * 100:+.1f} points "
+                f"from {plain(lost['before'])} to {plain(lost['after'])} (p={lost['p_value']:.3f}).")
         later = significant[(significant["category"] == lost["category"]) & (significant["difference"] > 0)
                             & (significant.index > lost.name)]
         if not later.empty:
             back = later.iloc[0]
-            line += f" **Recovered** by {back['after']} ({back['difference'] * 100:+.1f} points, p={back['p_value']:.3f})."
+            line += f" **Recovered** by {plain(back['after'])} ({back['difference'] * 100:+.1f} points, p={back['p_value']:.3f})."
         lines.append(line)
     return lines or ["- No category fell significantly from one stage to the next."]
 
@@ -126,7 +131,7 @@ def differences_table(title: str, diffs: pd.DataFrame) -> list[str]:
     lines = [title, "", "| before → after | category | difference (points) | 95% interval | McNemar p | verdict |",
              "|---|---|---|---|---|---|"]
     for _, d in diffs.iterrows():
-        lines.append(f"| {d['before']} → {d['after']} | {d['category']} | {d['difference'] * 100:+.1f} | "
+        lines.append(f"| {plain(d['before'])} → {plain(d['after'])} | {plain(d['category'])} | {d['difference'] * 100:+.1f} | "
                      f"[{d['ci_low'] * 100:+.1f}, {d['ci_high'] * 100:+.1f}] | {d['p_value']:.3f} | {d['verdict']} |")
     return lines + [""]
 
@@ -157,10 +162,18 @@ def bar_chart(scores: pd.DataFrame, path: Path, title: str) -> Path:
     return path
 
 
+MARKDOWN_SPECIAL = str.maketrans({"\\": "\\\\", "|": "\\|", "[": "\\[", "]": "\\]", "`": "\\`"})
+
+
+def plain(value) -> str:
+    """Any text as inert Markdown and HTML: one line, no tags, no links or images, no table breaks."""
+    text = " ".join(str(value if value is not None else "").split())
+    return html.escape(text, quote=False).translate(MARKDOWN_SPECIAL)
+
+
 def short(text: str, limit: int = 90) -> str:
     text = " ".join((text or "").split())
-    text = text if len(text) <= limit else text[: limit - 1] + "…"
-    return text.replace("|", "\\|")
+    return plain(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 def percent(x: float) -> str:
@@ -169,19 +182,20 @@ def percent(x: float) -> str:
 
 def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, steps: pd.DataFrame, chart_name: str) -> str:
     variants = run.config.variants
+    names = [plain(v) for v in variants]
     cases = len({r.case_id for r in run.results if r.turn == 1})
     turns = len({r.case_id for r in run.results})
-    how = (f"Answers read from {run.answers_from}, scored without a model." if run.answers_from else
+    how = (f"Answers read from {plain(run.answers_from)}, scored without a model." if run.answers_from else
            f"Greedy, max {run.config.max_new_tokens} new tokens. {run.seconds:.0f} s.")
-    lines = [f"# Evaluation: {run.suite_name}", "",
-             f"Variants: {', '.join(variants)}. Cases: {cases}" + (f" ({turns} turns)" if turns > cases else "") + ". "
+    lines = [f"# Evaluation: {plain(run.suite_name)}", "",
+             f"Variants: {', '.join(names)}. Cases: {cases}" + (f" ({turns} turns)" if turns > cases else "") + ". "
              + how + (" **Cancelled before the end.**" if run.cancelled else ""), ""]
     if run.problems:
         lines += [f"{len(run.problems)} malformed case(s) skipped: "
-                  + "; ".join(f"line {n}: {why}" for n, why in run.problems[:10]), ""]
+                  + "; ".join(f"line {n}: {short(why, 200)}" for n, why in run.problems[:10]), ""]
     if run.notes:
         lines += [f"{len(run.notes)} note(s) on the suite: "
-                  + "; ".join(f"line {n}: {why}" for n, why in run.notes[:10]), ""]
+                  + "; ".join(f"line {n}: {short(why, 200)}" for n, why in run.notes[:10]), ""]
     lines += check_lines(run.results)
     if run.judge_graded:
         lines += [f"Judge: {run.judge_graded} grades, {run.judge_unparsed} unparseable after retries (counted as undecided).", ""]
@@ -191,12 +205,12 @@ def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, steps: pd.Da
     if run.vote_agreement:
         lines += [f"Agreement with Arena votes: {run.vote_agreement}.", ""]
     lines += ["## Score per category (% of cases passed, 95% bootstrap interval)", "",
-              "| category | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+              "| category | " + " | ".join(names) + " |", "|---" * (len(variants) + 1) + "|"]
     for category in dict.fromkeys(scores["category"]):
         part = scores[scores["category"] == category].set_index("variant")
         cells = [f"{percent(part.loc[v, 'score'])} [{percent(part.loc[v, 'ci_low'])}, {percent(part.loc[v, 'ci_high'])}]"
                  for v in variants]
-        lines.append(f"| {'**overall**' if category == 'overall' else category} (n={int(part['cases'].max())}) | "
+        lines.append(f"| {'**overall**' if category == 'overall' else plain(category)} (n={int(part['cases'].max())}) | "
                      + " | ".join(cells) + " |")
     lines += ["", f"![scores per category]({chart_name})", ""]
     lines += turn_table(run.results, variants)
@@ -224,7 +238,7 @@ def check_lines(results) -> list[str]:
     if numeric:
         lines += ["Numeric checks scored in mode " + ", ".join(f"{mode} ({n})" for mode, n in numeric.items()) + ".", ""]
     for kind, cases in unscored.items():
-        shown = ", ".join(list(dict.fromkeys(cases))[:5]) + (", ..." if len(set(cases)) > 5 else "")
+        shown = ", ".join(plain(c) for c in list(dict.fromkeys(cases))[:5]) + (", ..." if len(set(cases)) > 5 else "")
         lines += [f"Not scored: {len(cases)} {kind} check(s) ({shown}): they need the model; `run` scores them.", ""]
     return lines
 
@@ -236,7 +250,7 @@ def turn_table(results, variants: list[str]) -> list[str]:
     turns = sorted({r.turn for r in results})
     scores = group_scores(scored(results), variants, "turn", turns)
     lines = ["## Score per turn (% passed, 95% bootstrap interval)", "",
-             "| turn | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+             "| turn | " + " | ".join(plain(v) for v in variants) + " |", "|---" * (len(variants) + 1) + "|"]
     for turn in turns:
         part = scores[scores["turn"] == turn].set_index("variant")
         cells = [f"{percent(part.loc[v, 'score'])} [{percent(part.loc[v, 'ci_low'])}, {percent(part.loc[v, 'ci_high'])}] "
@@ -252,13 +266,15 @@ def per_case_table(run) -> list[str]:
         by_case.setdefault(r.case_id, {"category": r.category, "prompt": r.prompt})[r.variant] = r
     mark = {True: "✓", False: "✗", None: "?"}
     lines = ["## Per case, before and after", "", "<details><summary>All cases</summary>", "",
-             "| case | category | prompt | " + " | ".join(variants) + " |", "|---" * (len(variants) + 3) + "|"]
+             "| case | category | prompt | " + " | ".join(plain(v) for v in variants) + " |",
+             "|---" * (len(variants) + 3) + "|"]
     for case_id, row in by_case.items():
         cells = []
         for v in variants:
             r = row.get(v)
             cells.append(f"{mark[r.passed]} {short(r.answer or (r.checks[0]['detail'] if r.checks else ''), 70)}" if r else "")
-        lines.append(f"| {case_id} | {row['category']} | {short(row['prompt'], 60)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {plain(case_id)} | {plain(row['category'])} | {short(row['prompt'], 60)} | "
+                     + " | ".join(cells) + " |")
     return lines + ["", "</details>", ""]
 
 
