@@ -2,7 +2,10 @@
 answers (as FastChat's MT-bench judge does), and measure how often the judge agrees with Arena votes.
 
 A judge is anything with `complete(messages) -> str`: a loaded variant of our own engine
-(`EngineJudge`) or a model behind an OpenAI-compatible server (`OpenAIJudge`). Judges are weak
+(`EngineJudge`) or a model behind an OpenAI-compatible server (`OpenAIJudge`). The command line takes
+any URL (its user is the operator); the web app takes only variants and the endpoints the operator
+configured (`JudgeEndpoint`, by name), so no visitor can send the server's key to a URL of theirs.
+Judges are weak
 parsers of their own format, so every grade retries on output it cannot read, and what is still
 unreadable comes back marked (`parsed=False`, `winner=None`) for the caller to count, never dropped.
 """
@@ -58,11 +61,12 @@ class EngineJudge:
 
 @dataclass
 class OpenAIJudge:
-    """A model behind `POST {base_url}/chat/completions`; the key comes from `api_key_env`, never logged."""
+    """A model behind `POST {base_url}/chat/completions`; the key comes from `api_key_env` (None: no key),
+    never logged."""
 
     base_url: str
     model: str
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str | None = "OPENAI_API_KEY"
     timeout: float = 60
     max_tokens: int | None = None  # None: the server's default (some reject max_tokens outright)
 
@@ -87,7 +91,7 @@ class OpenAIJudge:
         return self._reply(response)
 
     def _headers(self) -> dict:
-        key = os.environ.get(self.api_key_env, "")
+        key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def _reply(self, response: httpx.Response) -> Completion:
@@ -103,19 +107,28 @@ class OpenAIJudge:
 
 
 def judge_from_spec(spec: str, engine=None) -> Judge:
-    """A variant name of `engine`, or `http(s)://host:port/v1?model=NAME` (model else $ARENA_JUDGE_MODEL)."""
+    """For the command line: a variant name of `engine`, or `http(s)://host:port/v1?model=NAME`
+    (model else $ARENA_JUDGE_MODEL; the key from $OPENAI_API_KEY, or from the variable `&key_env=VAR` names)."""
     spec = spec.strip()
     if spec.startswith(("http://", "https://")):
-        parts = urlsplit(spec)
-        query = parse_qs(parts.query)
-        model = (query.pop("model", [""])[0] or os.environ.get(JUDGE_MODEL_ENV, "")).strip()
-        if not model:
-            raise ArenaError(f"judge {spec}: which model? add ?model=NAME to the URL or set ${JUDGE_MODEL_ENV}")
-        base = urlunsplit(parts._replace(query=urlencode(query, doseq=True), fragment=""))
-        return OpenAIJudge(base, model)
+        return openai_judge_from_url(spec, default_key_env="OPENAI_API_KEY")
     if engine is None:
         raise ArenaError(f"judge '{spec}': no model is loaded here; give an http(s) URL instead")
     return EngineJudge(engine, spec)
+
+
+def openai_judge_from_url(url: str, default_key_env: str | None) -> OpenAIJudge:
+    """`http(s)://host/v1?model=NAME&key_env=VAR` as an OpenAIJudge; both query keys are ours, not sent."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ArenaError(f"judge {url}: not an http(s) URL")
+    query = parse_qs(parts.query)
+    model = (query.pop("model", [""])[0] or os.environ.get(JUDGE_MODEL_ENV, "")).strip()
+    if not model:
+        raise ArenaError(f"judge {url}: which model? add ?model=NAME to the URL or set ${JUDGE_MODEL_ENV}")
+    key_env = query.pop("key_env", [""])[0].strip() or default_key_env
+    base = urlunsplit(parts._replace(query=urlencode(query, doseq=True), fragment=""))
+    return OpenAIJudge(base, model, api_key_env=key_env)
 
 
 def ask_until_parsed(judge: Judge, messages: list[dict], parse, reminder: str, retries: int):
