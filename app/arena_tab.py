@@ -5,16 +5,18 @@ import random
 
 import gradio as gr
 
-from arena.votes import Vote
+from arena.ballots import Ballot
 from kernel.errors import ArenaError
 from chat.turns import Column, answer_turn, check_message, shown_messages, stats_line
 
+from .access import Need, needs
 from .settings import AppContext
 from .web_search import search_step
 from .zerogpu import on_gpu
 from .widgets import SamplingWidgets, Throttle, session_of, user_errors
 
 VOTES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
+CHOICES = {"a": ("best", 0), "b": ("best", 1), "tie": "tie", "both_bad": "both_bad"}  # in arena.ballots' terms
 
 
 def draw_pair(variants: list[str], rng: random.Random) -> list[str]:
@@ -53,7 +55,8 @@ class ArenaTab:
             with gr.Row():
                 self.stop = gr.Button("Stop")
                 self.new_battle = gr.Button("New battle", elem_id="arena-new")
-            self.sampling = SamplingWidgets.build(label="Sampling (both sides alike)")
+            cap = self.ctx.settings.public_max_new_tokens if self.ctx.settings.public else None
+            self.sampling = SamplingWidgets.build(label="Sampling (both sides alike)", token_cap=cap)
             # Per session, on the server only: the hidden pair and both conversations.
             self.pair = gr.State(None)
             self.histories = gr.State([[], []])
@@ -67,33 +70,42 @@ class ArenaTab:
         self.send.click(self._send, inputs, outputs, concurrency_limit=None, api_name="arena_send")
         self.message.submit(self._send, inputs, outputs, concurrency_limit=None, api_visibility="private")
         self.stop.click(self._stop, None, None, concurrency_limit=None, api_name="arena_stop")
-        for key, button in self.vote_buttons.items():
-            button.click(self._vote_handler(key), {self.pair, self.histories, *self.sampling.components},
+        for key, button in self.vote_buttons.items():  # what a vote is about comes from the server's ballot
+            button.click(self._vote_handler(key), None,
                          [self.reveal, self.send, self.message, *self.vote_buttons.values()], api_name=f"arena_vote_{key}")
         self.new_battle.click(self._new_battle, None,
                               [self.pair, self.histories, self.chat_a, self.chat_b, self.stats_a, self.stats_b,
                                self.sources, self.reveal, self.send, self.message, *self.vote_buttons.values()],
                               api_name="arena_new_battle")
 
+    @needs(Need.SESSION)
     @on_gpu
     @user_errors
     def _send(self, data: dict, request: gr.Request):
+        session = session_of(request)
         message = check_message(data[self.message], self.ctx.settings.max_message_chars)
+        new_battle = not data[self.pair]
+        if not new_battle:
+            self.ctx.ballots.check_going_on(session, "arena")
         pair = data[self.pair] or draw_pair(self.ctx.engine.variants(), self.rng)
         params = self.sampling.params(data)
+        self.ctx.check_request_size(2, [params])
         columns = [Column(pair[0], list(data[self.histories][0]), params),
                    Column(pair[1], list(data[self.histories][1]), params)]
-        cancel = self.ctx.cancels.fresh(session_of(request))
-        sources_md, sent = yield from search_step(self.ctx.search, message, data[self.search], self.sources,
-                                                  self.message)
-        throttle = Throttle()
-        for columns in answer_turn(self.ctx.engine, columns, message, sent=sent, cancel=cancel):
-            if throttle.ready():
-                yield self._render(pair, columns, sources_md, voting=False)
+        with self.ctx.requests.running(session) as cancel:
+            sources_md, sent = yield from search_step(self.ctx.search, message, data[self.search], self.sources,
+                                                      self.message)
+            throttle = Throttle()
+            for columns in answer_turn(self.ctx.engine, columns, message, sent=sent, cancel=cancel):
+                if throttle.ready():
+                    yield self._render(pair, columns, sources_md, voting=False)
+        ballot = Ballot("arena", list(pair), [shown_messages(c.history) for c in columns], params.to_dict())
+        self.ctx.ballots.show(session, ballot, new=new_battle)  # no sources blob in the votes
         yield self._render(pair, columns, sources_md, voting=True)
 
+    @needs(Need.SESSION)
     def _stop(self, request: gr.Request) -> None:
-        self.ctx.cancels.cancel(session_of(request))
+        self.ctx.requests.cancel(session_of(request))  # every request of this session, not only the newest
 
     def _render(self, pair, columns: list[Column], sources_md: str, voting: bool) -> dict:
         update = {
@@ -106,22 +118,20 @@ class ArenaTab:
             update[button] = gr.Button(interactive=voting)
         return update
 
-    def _vote_handler(self, winner: str):
+    def _vote_handler(self, key: str):
+        @needs(Need.VOTE)
         @user_errors
-        def vote(data: dict, request: gr.Request):
-            pair, histories = data[self.pair], [shown_messages(h) for h in data[self.histories]]  # no sources blob
-            if not pair or not histories[0]:
-                raise ArenaError("ask something first, then vote")
-            self.ctx.votes.add(Vote(variant_a=pair[0], variant_b=pair[1], winner=winner,
-                                    conversation_a=histories[0], conversation_b=histories[1],
-                                    params=self.sampling.params(data).to_dict(), mode="arena",
-                                    session_id=session_of(request)))
-            reveal = (f"**{VOTES[winner]}** — saved. Model A was **{pair[0]}**, Model B was **{pair[1]}**. "
+        def vote(request: gr.Request):
+            votes = self.ctx.ballots.cast(session_of(request), "arena", CHOICES[key])
+            names = votes[0].variant_a, votes[0].variant_b
+            reveal = (f"**{VOTES[key]}** — saved. Model A was **{names[0]}**, Model B was **{names[1]}**. "
                       "Press *New battle* for another round.")
             locked = [gr.Button(interactive=False) for _ in self.vote_buttons]
             return [reveal, gr.Button(interactive=False), gr.Textbox(interactive=False), *locked]
         return vote
 
-    def _new_battle(self):
+    @needs(Need.SESSION)
+    def _new_battle(self, request: gr.Request):
+        self.ctx.ballots.close(session_of(request), "arena")
         buttons = [gr.Button(interactive=False) for _ in self.vote_buttons]
         return [None, [[], []], [], [], "", "", "", "", gr.Button(interactive=True), gr.Textbox(interactive=True), *buttons]

@@ -5,10 +5,11 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from arena.votes import Vote
+from arena.ballots import Ballot
 from kernel.config import SamplingParams
 from chat.turns import Column, answer_turn, check_message, drop_last_turn, shown_messages, stats_line
 
+from .access import Need, needs
 from .settings import AppContext
 from .web_search import search_step
 from .zerogpu import on_gpu
@@ -47,9 +48,12 @@ class CompareTab:
 
     def build(self) -> gr.Tab:
         variants = self.ctx.engine.variants()
+        settings = self.ctx.settings
+        most = min(MAX_COLUMNS, settings.public_max_columns) if settings.public else MAX_COLUMNS
+        self.token_cap = settings.public_max_new_tokens if settings.public else None
         with gr.Tab("Compare", id="compare") as self.tab:
             with gr.Row():
-                self.n_columns = gr.Radio([2, 3, 4], value=2, label="Columns", scale=1)
+                self.n_columns = gr.Radio(list(range(2, most + 1)), value=2, label="Columns", scale=1)
                 self.system = gr.Textbox(label="System prompt (optional)", scale=4, lines=1)
             with gr.Row(equal_height=False):
                 self.columns = [self._column(i, variants) for i in range(MAX_COLUMNS)]
@@ -65,7 +69,7 @@ class CompareTab:
                 self.regenerate = gr.Button("Regenerate")
                 self.clear = gr.Button("Clear")
             gr.Examples(EXAMPLES, inputs=self.message, label="Example prompts")
-            self.sampling = SamplingWidgets.build()
+            self.sampling = SamplingWidgets.build(token_cap=self.token_cap)
             with gr.Row(elem_id="compare-votes"):
                 self.best = [gr.Button(f"Column {i + 1} is best", size="sm", visible=i < 2) for i in range(MAX_COLUMNS)]
                 self.tie = gr.Button("Tie", size="sm")
@@ -78,7 +82,9 @@ class CompareTab:
     def _column(self, index: int, variants: list[str]) -> ColumnWidgets:
         default = variants[index % len(variants)] if index else "base"
         with gr.Column(visible=index < 2, min_width=240) as box:
-            variant = gr.Dropdown(variants, value=default, label=f"Column {index + 1}", elem_id=f"compare-variant-{index}")
+            # Any name is accepted (an adapter installed after start too); the handler checks it with the engine.
+            variant = gr.Dropdown(variants, value=default, label=f"Column {index + 1}", allow_custom_value=True,
+                                  elem_id=f"compare-variant-{index}")
             chatbot = gr.Chatbot(height=420, buttons=["copy"], show_label=False, elem_id=f"compare-chat-{index}")
             stats = gr.Markdown(elem_id=f"compare-stats-{index}")
             with gr.Accordion("Override sampling for this column", open=False):
@@ -86,7 +92,8 @@ class CompareTab:
                 override = gr.Checkbox(label=f"Column {n}: use these instead of the shared settings", value=False)
                 temperature = gr.Slider(0, 2, value=0.7, step=0.05, label=f"Column {n} temperature")
                 top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label=f"Column {n} top p")
-                max_new_tokens = gr.Slider(1, 2048, value=256, step=1, label=f"Column {n} max new tokens")
+                max_new_tokens = gr.Slider(1, self.token_cap or 2048, value=min(256, self.token_cap or 256), step=1,
+                                           label=f"Column {n} max new tokens")
         return ColumnWidgets(box, variant, chatbot, stats, override, temperature, top_p, max_new_tokens)
 
     # ----- events -----------------------------------------------------------------------------
@@ -109,26 +116,31 @@ class CompareTab:
                               api_visibility="private")
         self.tab.select(self._refresh_variants, [w.variant for w in c], [w.variant for w in c],
                         api_visibility="private")
-        vote_inputs = {self.n_columns, self.state, *[w.variant for w in c], *self.sampling.components}
+        # A vote takes nothing from the client: what it is about is the ballot the server opened.
         for index, button in enumerate(self.best):
-            button.click(self._vote_handler(("best", index)), vote_inputs, self.vote_status,
+            button.click(self._vote_handler(("best", index)), None, self.vote_status,
                          api_name=f"compare_vote_best_{index + 1}")
-        self.tie.click(self._vote_handler(("tie", None)), vote_inputs, self.vote_status, api_name="compare_vote_tie")
-        self.all_bad.click(self._vote_handler(("both_bad", None)), vote_inputs, self.vote_status,
-                           api_name="compare_vote_all_bad")
+        self.tie.click(self._vote_handler("tie"), None, self.vote_status, api_name="compare_vote_tie")
+        self.all_bad.click(self._vote_handler("both_bad"), None, self.vote_status, api_name="compare_vote_all_bad")
 
     def _columns_from(self, data: dict) -> list[Column]:
         shared = self.sampling.params(data)
         count = int(data[self.n_columns])
-        return [Column(data[w.variant] or "base", list(data[self.state][i]), w.params(data, shared))
-                for i, w in enumerate(self.columns[:count])]
+        columns = [Column(data[w.variant] or "base", list(data[self.state][i]), w.params(data, shared))
+                   for i, w in enumerate(self.columns[:count])]
+        self.ctx.check_request_size(count, [c.params for c in columns])
+        for column in columns:
+            self.ctx.engine.check_variant(column.variant)
+        return columns
 
+    @needs(Need.SESSION)
     @on_gpu
     @user_errors
     def _send(self, data: dict, request: gr.Request):
         message = check_message(data[self.message], self.ctx.settings.max_message_chars)
         yield from self._turn(data, self._columns_from(data), message, request)
 
+    @needs(Need.SESSION)
     @on_gpu
     @user_errors
     def _regenerate(self, data: dict, request: gr.Request):
@@ -139,14 +151,19 @@ class CompareTab:
         yield from self._turn(data, columns, message, request)
 
     def _turn(self, data: dict, columns: list[Column], message: str, request: gr.Request):
-        cancel = self.ctx.cancels.fresh(session_of(request))
-        sources_md, sent = yield from search_step(self.ctx.search, message, data[self.search], self.sources,
-                                                  self.message)
-        throttle = Throttle()
-        for columns in answer_turn(self.ctx.engine, columns, message, system=data[self.system] or None,
-                                   sent=sent, cancel=cancel):
-            if throttle.ready():
-                yield self._render(columns, data, sources_md)
+        session = session_of(request)
+        self.ctx.ballots.close(session, "compare")  # the answers on show are about to change
+        with self.ctx.requests.running(session) as cancel:
+            sources_md, sent = yield from search_step(self.ctx.search, message, data[self.search], self.sources,
+                                                      self.message)
+            throttle = Throttle()
+            for columns in answer_turn(self.ctx.engine, columns, message, system=data[self.system] or None,
+                                       sent=sent, cancel=cancel):
+                if throttle.ready():
+                    yield self._render(columns, data, sources_md)
+        ballot = Ballot("compare", [c.variant for c in columns], [shown_messages(c.history) for c in columns],
+                        self.sampling.params(data).to_dict())  # no sources blob in the votes
+        self.ctx.ballots.show(session, ballot, new=True)
         yield self._render(columns, data, sources_md)
 
     def _render(self, columns: list[Column], data: dict, sources_md: str) -> dict:
@@ -159,51 +176,40 @@ class CompareTab:
         update[self.state] = histories
         return update
 
+    @needs(Need.SESSION)
     def _stop(self, request: gr.Request) -> None:
-        self.ctx.cancels.cancel(session_of(request))
+        self.ctx.requests.cancel(session_of(request))  # every request of this session, not only the newest
 
-    def _clear(self):
+    @needs(Need.SESSION)
+    def _clear(self, request: gr.Request):
+        self.ctx.ballots.close(session_of(request), "compare")
         empty = [[] for _ in range(MAX_COLUMNS)]
         return [empty, "", ""] + [[] for _ in range(MAX_COLUMNS)] + ["" for _ in range(MAX_COLUMNS)]
 
-    @staticmethod
-    def _forget_column(index: int):
-        def forget(histories):
+    def _forget_column(self, index: int):
+        @needs(Need.SESSION)
+        def forget(histories, request: gr.Request):
+            self.ctx.ballots.close(session_of(request), "compare")
             histories = list(histories)
             histories[index] = []
             return histories, ""
         return forget
 
+    @needs(Need.SESSION)
     def _show_columns(self, count: int):
         count = int(count)
         return [gr.Column(visible=i < count) for i in range(MAX_COLUMNS)] + \
                [gr.Button(visible=i < count) for i in range(MAX_COLUMNS)]
 
+    @needs(Need.VIEW)
     def _refresh_variants(self, *current):
         choices = self.ctx.engine.variants()
         return [gr.Dropdown(choices=choices, value=value if value in choices else "base") for value in current]
 
-    def _vote_handler(self, kind: tuple[str, int | None]):
+    def _vote_handler(self, choice):
+        @needs(Need.VOTE)
         @user_errors
-        def vote(data: dict, request: gr.Request):
-            count = int(data[self.n_columns])
-            variants = [data[w.variant] for w in self.columns[:count]]
-            histories = [shown_messages(h) for h in data[self.state][:count]]  # no sources blob in the votes
-            if not all(any(m["role"] == "assistant" and m["content"] for m in h) for h in histories):
-                raise gr.Error("Ask something first: every column needs an answer to vote on.", print_exception=False)
-            votes = compare_votes(kind, variants, histories, self.sampling.params(data).to_dict(), session_of(request))
-            for v in votes:
-                self.ctx.votes.add(v)
+        def vote(request: gr.Request):
+            votes = self.ctx.ballots.cast(session_of(request), "compare", choice)
             return f"Vote saved ({len(votes)} pairwise result{'s' if len(votes) != 1 else ''})."
         return vote
-
-
-def compare_votes(kind, variants, histories, params, session) -> list[Vote]:
-    """A non-blind Compare vote as pairwise results: the best column beats each other one; tie/all bad for every pair."""
-    what, best = kind
-    pairs = ([(best, j) for j in range(len(variants)) if j != best] if what == "best"
-             else [(i, j) for i in range(len(variants)) for j in range(i + 1, len(variants))])
-    winner = {"best": "a", "tie": "tie", "both_bad": "both_bad"}[what]
-    return [Vote(variant_a=variants[i], variant_b=variants[j], winner=winner, conversation_a=histories[i],
-                 conversation_b=histories[j], params=params, mode="compare", session_id=session)
-            for i, j in pairs]

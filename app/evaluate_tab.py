@@ -6,14 +6,20 @@ from pathlib import Path
 
 import gradio as gr
 
+from evaluation.endpoints import judge_by_name
 from evaluation.runner import EvalConfig
+from evaluation.templates import BUILTIN_TEMPLATES
 from kernel.errors import ArenaError
+from kernel.paths import owned_file
 
+from .access import Need, needs
 from .settings import AppContext
 from .widgets import keep_upload, user_errors
 
 SUITES = Path(__file__).resolve().parent.parent / "evaluation" / "suites"
 TEMPLATES = ["review_replies", "qa_pairs", "instruction"]
+EVALUATION = "evaluation"  # what a public server refuses, in its one-line refusal
+GENERATION = "generating data"
 
 
 class EvaluateTab:
@@ -23,21 +29,25 @@ class EvaluateTab:
 
     def build(self) -> gr.Tab:
         variants = self.ctx.engine.variants()
-        with gr.Tab("Evaluate", id="evaluate") as self.tab:
+        public = self.ctx.settings.public  # every handler here is refused there: the tab is not even shown
+        with gr.Tab("Evaluate", id="evaluate", visible=not public) as self.tab:
             gr.Markdown("Score the base and adapters on a test suite: per category with 95% intervals, each adapter "
                         "against the base with a significance test, and every answer side by side.")
             with gr.Row():
                 self.suite = gr.Dropdown(self._suites(), value=self._suites()[0], label="Suite", scale=3,
                                          allow_custom_value=True, elem_id="eval-suite")
-                self.upload = gr.File(label="…or upload a suite (.jsonl)", file_types=[".jsonl"], scale=2)
+                self.upload = gr.File(label="…or upload a suite (.jsonl)", file_types=[".jsonl"], scale=2,
+                                      elem_id="eval-upload")
             with gr.Row():
                 # A dropdown keeps the order picked: for stages of one fine-tune that order is the training order.
                 self.variants = gr.Dropdown(variants, value=variants[:2], multiselect=True, scale=3,
+                                            allow_custom_value=True,  # checked by the run: adapters added later too
                                             label="Variants (in order)", elem_id="eval-variants")
                 self.stages = gr.Checkbox(False, label="Stages of one fine-tune (in the order picked)",
                                           scale=1, elem_id="eval-stages")
-                self.judge = gr.Dropdown(["none"] + variants, value="none", allow_custom_value=True, scale=2,
-                                         label="Judge (a variant, or an OpenAI-compatible URL)")
+                # Names only, never a URL: a visitor must not send the server's key (or texts) anywhere.
+                self.judge = gr.Dropdown(self._judges(), value="none", allow_custom_value=True, scale=2,
+                                         label="Judge (a variant, or an endpoint configured on the server)")
             with gr.Row():
                 self.max_new_tokens = gr.Slider(16, 1024, value=128, step=16, label="Max new tokens")
                 self.limit = gr.Number(value=20, precision=0, label="Only the first N cases (0 = all)")
@@ -47,7 +57,7 @@ class EvaluateTab:
             self.report = gr.HTML(elem_id="eval-report")
             self.files = gr.File(label="Download", file_count="multiple", interactive=False)
             self.task = gr.State(None)
-            self.timer = gr.Timer(1.5)
+            self.timer = gr.Timer(1.5, active=not public)
             self._generate_panel()
         self._wire()
         return self.tab
@@ -60,8 +70,8 @@ class EvaluateTab:
                 self.gen_input = gr.File(label="Raw texts", file_types=[".csv", ".jsonl", ".txt"])
                 self.gen_field = gr.Textbox(value="text", label="Field")
                 self.gen_template = gr.Dropdown(TEMPLATES, value="qa_pairs", label="Template", allow_custom_value=True)
-                self.gen_teacher = gr.Dropdown(self.ctx.engine.variants(), value="base", allow_custom_value=True,
-                                               label="Teacher (variant or URL)")
+                self.gen_teacher = gr.Dropdown(self._judges()[1:], value="base", allow_custom_value=True,
+                                               label="Teacher (a variant, or an endpoint configured on the server)")
                 self.gen_output = gr.Textbox(value="generated.json", label="Output name")
             self.gen_run = gr.Button("Generate")
             self.gen_status = gr.Markdown()
@@ -83,36 +93,39 @@ class EvaluateTab:
         bundled = sorted(SUITES.glob("*.jsonl"), key=lambda p: (p.stem != "starter", p.name))  # starter first
         return [str(p) for p in bundled] + [str(p) for p in uploaded]
 
-    def _refresh_variants(self):
-        variants = self.ctx.engine.variants()
-        return (gr.Dropdown(choices=variants), gr.Dropdown(choices=["none"] + variants),
-                gr.Dropdown(choices=variants))
+    def _judges(self) -> list[str]:
+        return ["none", *self.ctx.engine.variants(), *self.ctx.settings.judge_endpoints]
 
+    @needs(Need.VIEW)
+    def _refresh_variants(self):
+        return (gr.Dropdown(choices=self.ctx.engine.variants()), gr.Dropdown(choices=self._judges()),
+                gr.Dropdown(choices=self._judges()[1:]))
+
+    @needs(Need.OPERATOR, EVALUATION)
     @user_errors
     def _store_suite(self, file):
         target = keep_upload(file, self.uploads)
         return gr.Dropdown(choices=self._suites(), value=str(target))
 
+    @needs(Need.OPERATOR, EVALUATION)
     @user_errors
     def _start(self, suite, variants, judge, max_new_tokens, limit, stages=False):
         if not suite:
             raise ArenaError("pick a suite first")
         if not variants:
             raise ArenaError("pick at least one variant")
-        judge_spec = None if judge in (None, "", "none") else judge
-        config = EvalConfig(suite=suite, variants=list(variants), judge=judge_spec,
+        suite_path = owned_file(suite, self.ctx.owned_folders, "suite", (".jsonl",))
+        judge_name = None if judge in (None, "", "none") else judge
+        judge_obj = None if judge_name is None else self._judge(judge_name)
+        config = EvalConfig(suite=str(suite_path), variants=list(variants), judge=judge_name,
                             max_new_tokens=int(max_new_tokens), limit=int(limit) or None, stages=bool(stages))
-        judge_obj = self._judge(judge_spec)
         task = self.ctx.evals.start(config, judge_obj)
-        return task.id, f"Started **{task.id}** on {Path(suite).name} with {', '.join(variants)}."
+        return task.id, f"Started **{task.id}** on {suite_path.name} with {', '.join(variants)}."
 
-    def _judge(self, spec):
-        if spec is None:
-            return None
-        from evaluation.judge import judge_from_spec
+    def _judge(self, name: str):
+        return judge_by_name(name, self.ctx.engine, self.ctx.settings.judge_endpoints)
 
-        return judge_from_spec(spec, self.ctx.engine)
-
+    @needs(Need.OPERATOR, EVALUATION)
     def _stop(self, task_id):
         task = self.ctx.evals.get(task_id) if task_id else None
         if task is None:
@@ -120,6 +133,7 @@ class EvaluateTab:
         task.cancel.set()
         return f"Stopping **{task.id}** after the current case; the report covers what was done."
 
+    @needs(Need.OPERATOR, EVALUATION)
     def _watch(self, task_id):
         task = self.ctx.evals.get(task_id) if task_id else None
         if task is None:
@@ -134,16 +148,18 @@ class EvaluateTab:
         files = [str(paths[kind]) for kind in ("markdown", "html", "chart")] + [str(task.run.run_dir / "answers.jsonl")]
         return f"**{task.id}** {task.status}: {p.done}/{p.total} cases in {task.run.seconds:.0f} s.", report, files
 
+    @needs(Need.OPERATOR, GENERATION)
     @user_errors
     def _generate(self, file, field_name, template, teacher, output_name):
         if file is None:
             raise ArenaError("upload a file of raw texts first")
         from evaluation.generate_data import generate_data
-        from evaluation.judge import judge_from_spec
 
+        if template not in BUILTIN_TEMPLATES:  # a template file: only from the folders the app owns
+            template = str(owned_file(template, self.ctx.owned_folders, "template", (".json", ".yaml", ".yml")))
+        teacher_obj = self._judge(teacher)
         source = keep_upload(file, self.uploads)
         name = Path(output_name or "generated.json").name
         output = self.ctx.engine.config.data_dir / "datasets" / (name if name.endswith(".json") else name + ".json")
-        report = generate_data(str(source), field_name or "text", template, judge_from_spec(teacher, self.ctx.engine),
-                               str(output), progress=False)
+        report = generate_data(str(source), field_name or "text", template, teacher_obj, str(output), progress=False)
         return f"{report.summary()}\n\nWritten to `{output}`: pick it in the Training tab."

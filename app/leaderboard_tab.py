@@ -8,6 +8,7 @@ import gradio as gr
 from arena.export import export_jsonl, export_sharegpt
 from arena.rating import head_to_head, head_to_head_figure, leaderboard
 
+from .access import Need, needs
 from .settings import AppContext
 from .widgets import user_errors
 
@@ -19,8 +20,9 @@ class LeaderboardTab:
     def build(self) -> gr.Tab:
         with gr.Tab("Leaderboard", id="leaderboard") as self.tab:
             self.summary = gr.Markdown(elem_id="leaderboard-summary")
+            # Plain-text cells: a variant name comes from a vote and must never become HTML.
             self.table = gr.Dataframe(label="Scores (Bradley-Terry, Elo scale, 95% bootstrap interval)",
-                                      interactive=False, elem_id="leaderboard-table")
+                                      interactive=False, datatype="str", elem_id="leaderboard-table")
             self.matrix = gr.Plot(label="Head to head: how often the row beats the column (ties count half)")
             self.refresh = gr.Button("Refresh")
             with gr.Row():
@@ -35,6 +37,7 @@ class LeaderboardTab:
                                    api_name="export_sharegpt")
         return self.tab
 
+    @needs(Need.VIEW)
     @user_errors
     def _refresh(self):
         votes = self.ctx.votes.all()
@@ -46,6 +49,7 @@ class LeaderboardTab:
         return summary, table.round(3), head_to_head_figure(head_to_head(votes))
 
     def _export(self, writer, suffix: str):
+        @needs(Need.OPERATOR, "exporting votes (every visitor's conversations)")
         @user_errors
         def export():
             votes = self.ctx.votes.all()

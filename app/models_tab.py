@@ -9,6 +9,7 @@ import pandas as pd
 from kernel.errors import ArenaError
 from models.upload import install_adapter
 
+from .access import Need, needs
 from .settings import AppContext
 from .widgets import user_errors
 
@@ -24,9 +25,10 @@ class ModelsTab:
         public = self.ctx.settings.public
         with gr.Tab("Models", id="models") as self.tab:
             self.base_info = gr.Markdown(self._base_markdown())
-            self.table = gr.Dataframe(self._table(), label="Adapters", interactive=False, wrap=True,
+            # Plain-text cells: reasons and config fields come from adapter files and must never become HTML.
+            self.table = gr.Dataframe(self._table(), label="Adapters", interactive=False, wrap=True, datatype="str",
                                       elem_id="models-table")
-            with gr.Row():
+            with gr.Row(visible=not public):
                 self.choice = gr.Dropdown(self._names(), label="Adapter", scale=3)
                 self.load = gr.Button("Load")
                 self.unload = gr.Button("Unload")
@@ -47,19 +49,24 @@ class ModelsTab:
 
     def _wire(self) -> None:
         refreshed = [self.table, self.choice, self.base_info, self.status]
-        self.tab.select(lambda: self._refresh(""), None, refreshed, api_visibility="private")
-        self.load.click(self._act(self.ctx.engine.load_adapter, "loaded"), self.choice, refreshed,
+        self.tab.select(self._on_select, None, refreshed, api_visibility="private")
+        self.load.click(self._act(self.ctx.engine.load_adapter, "loaded", "loading adapters"), self.choice, refreshed,
                         api_name="models_load")
-        self.unload.click(self._act(self.ctx.engine.unload_adapter, "unloaded"), self.choice, refreshed,
-                          api_name="models_unload")
+        self.unload.click(self._act(self.ctx.engine.unload_adapter, "unloaded", "unloading adapters"), self.choice,
+                          refreshed, api_name="models_unload")
         self.rescan.click(self._rescan, None, refreshed, api_name="models_rescan")
         self.delete.click(self._delete, [self.choice, self.confirm], refreshed + [self.confirm], api_name="models_delete")
         self.install.click(self._install, [self.files, self.new_name], refreshed, api_name="models_install")
 
+    @needs(Need.VIEW)
+    def _on_select(self):
+        return self._refresh("")
+
     def _refresh(self, message: str):
         return [self._table(), gr.Dropdown(choices=self._names()), self._base_markdown(), message]
 
-    def _act(self, action, verb: str):
+    def _act(self, action, verb: str, what: str):
+        @needs(Need.OPERATOR, what)
         @user_errors
         def run(name: str | None):
             if not name:
@@ -71,15 +78,16 @@ class ModelsTab:
             return self._refresh(f"**{name}** {verb}.")
         return run
 
+    @needs(Need.OPERATOR, "rescanning adapter folders")
     @user_errors
     def _rescan(self):
         adapters = self.ctx.engine.rescan()
         failed = sum(a.status == "failed" for a in adapters)
         return self._refresh(f"Rescanned: {len(adapters)} adapters, {failed} failed.")
 
+    @needs(Need.OPERATOR, "deleting adapters")
     @user_errors
     def _delete(self, name: str | None, confirmed: bool):
-        self._refuse_in_public_mode("deleting adapters")
         if not name:
             raise ArenaError("pick an adapter first")
         if not confirmed:
@@ -87,19 +95,15 @@ class ModelsTab:
         trash = self.ctx.engine.delete_adapter(name)
         return self._refresh(f"**{name}** moved to `{trash}`.") + [False]
 
+    @needs(Need.OPERATOR, "uploading adapters")
     @user_errors
     def _install(self, files, name: str):
-        self._refuse_in_public_mode("uploading adapters")
         if not files:
             raise ArenaError("choose a .zip or the two adapter files first")
         paths = [Path(f if isinstance(f, str) else f.name) for f in files]
         info = install_adapter(self.ctx.engine, (name or "").strip(), paths,
                                max_bytes=self.ctx.settings.max_upload_mb * 2**20)
         return self._refresh(f"**{info.name}** installed and {info.status}.")
-
-    def _refuse_in_public_mode(self, what: str) -> None:
-        if self.ctx.settings.public:
-            raise ArenaError(f"{what} is turned off on this public server")
 
     def _names(self) -> list[str]:
         return [a.name for a in self.ctx.engine.adapters()]

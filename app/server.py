@@ -6,20 +6,25 @@ import logging
 import sys
 
 import gradio as gr
+from starlette.middleware import Middleware
 
+from evaluation.endpoints import parse_judge_endpoints
 from evaluation.tasks import EvalTasks
+from arena.ballots import VoteRule
 from arena.votes import VoteStore
 from models import ArenaError, Engine, EngineConfig
 from kernel.cli import add_engine_args, engine_config_from_args
 from chat.search import WebSearch, provider_from_settings
 from training.jobs import JobRunner
 
+from .access import Access, Need, guard_handlers, needs
 from .arena_tab import ArenaTab
 from .compare_tab import CompareTab
 from .evaluate_tab import EvaluateTab
 from .leaderboard_tab import LeaderboardTab
+from .login import ClientAddress, LoginGuard
 from .models_tab import ModelsTab
-from .settings import AppContext, AppSettings
+from .settings import AppContext, AppSettings, SessionRequests
 from .training_tab import TrainingTab
 from .widgets import session_of
 
@@ -36,9 +41,12 @@ def make_context(engine: Engine, settings: AppSettings) -> AppContext:
     jobs = None if settings.public else JobRunner(engine.config.data_dir, on_finished=_serve_new_adapter(engine))
     if jobs is not None:
         jobs.start()  # re-attaches to jobs still running from before a restart
-    return AppContext(engine=engine, settings=settings,
-                      votes=VoteStore(engine.config.data_dir / "votes.sqlite"), search=search, jobs=jobs,
-                      evals=EvalTasks(engine, engine.config.data_dir))
+    votes = VoteStore(engine.config.data_dir / "votes.sqlite")
+    return AppContext(engine=engine, settings=settings, votes=votes, search=search, jobs=jobs,
+                      evals=EvalTasks(engine, engine.config.data_dir),
+                      ballots=VoteRule(votes, per_minute=settings.votes_per_minute),
+                      requests=SessionRequests(settings.public_max_requests if settings.public else None),
+                      access=Access(public=settings.public))
 
 
 def _serve_new_adapter(engine: Engine):
@@ -65,13 +73,17 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             EvaluateTab(ctx).build()
             ModelsTab(ctx).build()
         demo.unload(_closer(ctx))
+    guard_handlers(demo, ctx.access)  # after every event is registered: each one is checked, private too
     return demo
 
 
 def _closer(ctx: AppContext):
     """A closed or reloaded tab cancels whatever that session still has running or waiting."""
+    @needs(Need.SESSION)
     def close_session(request: gr.Request) -> None:
-        ctx.cancels.cancel(session_of(request))
+        session = session_of(request)
+        ctx.requests.cancel(session)
+        ctx.ballots.forget(session)
     return close_session
 
 
@@ -80,9 +92,13 @@ def launch(ctx: AppContext, **kwargs) -> tuple[gr.Blocks, str]:
     demo = build_app(ctx)
     demo.queue(default_concurrency_limit=8)
     settings = ctx.settings
-    _, url, _ = demo.launch(server_name=settings.host, server_port=settings.port, auth=settings.auth,
+    auth = None
+    if settings.auth is not None:
+        auth = LoginGuard(*settings.auth, free_failures=settings.login_free_failures,
+                          lockout_s=settings.login_lockout_s).check
+    _, url, _ = demo.launch(server_name=settings.host, server_port=settings.port, auth=auth,
                             css=CSS, theme=gr.themes.Soft(), max_file_size=f"{settings.max_upload_mb}mb",
-                            footer_links=["api"], **kwargs)
+                            footer_links=["api"], app_kwargs={"middleware": [Middleware(ClientAddress)]}, **kwargs)
     return demo, url
 
 
@@ -90,9 +106,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="LoRA Arena web app")
     parser.add_argument("--host", default=None, help="default 127.0.0.1 (0.0.0.0 on Spaces)")
     parser.add_argument("--port", type=int, default=None, help="default 7860")
-    parser.add_argument("--auth", default=None, help="USER:PASSWORD (or $ARENA_AUTH) to require a login")
+    parser.add_argument("--auth", default=None,
+                        help="USER:PASSWORD to require a login; prefer $ARENA_AUTH, since a flag shows in `ps`")
     parser.add_argument("--public", action="store_true", default=None,
-                        help="public demo mode: no uploads, deletions or training (or $ARENA_PUBLIC=1)")
+                        help="public demo mode: no uploads, deletions, training or evaluation (or $ARENA_PUBLIC=1)")
+    parser.add_argument("--judge-endpoint", action="append", default=None, metavar="NAME=URL",
+                        help="an OpenAI-compatible judge or teacher the app offers by NAME (repeatable, or "
+                             "$ARENA_JUDGE_ENDPOINTS, space-separated): URL as http://host/v1?model=M, with "
+                             "&key_env=VAR to send the key in $VAR (no key is sent otherwise)")
     add_engine_args(parser)
     return parser.parse_args(argv)
 
@@ -102,8 +123,9 @@ def main(argv=None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own health checks, one line each
     args = parse_args(argv)
     try:
+        endpoints = parse_judge_endpoints(args.judge_endpoint) if args.judge_endpoint else None
         settings = AppSettings.from_env(host=args.host, port=args.port, public=args.public,
-                                        auth=AppSettings.parse_auth(args.auth))
+                                        auth=AppSettings.parse_auth(args.auth), judge_endpoints=endpoints)
         config: EngineConfig = engine_config_from_args(args)
         engine = Engine.load(config)
     except ArenaError as exc:

@@ -3,9 +3,19 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
 
+from evaluation.endpoints import JudgeEndpoint, parse_judge_endpoints
+from kernel.config import SamplingParams
 from models import ArenaError, Engine
+
+from .access import Access
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED = [REPO / "training" / "examples", REPO / "evaluation" / "suites"]
 
 
 @dataclass
@@ -19,6 +29,14 @@ class AppSettings:
     search_provider: str = "duckduckgo"  # duckduckgo, searxng or off
     searxng_url: str | None = None
     search_timeout_s: float = 10.0
+    judge_endpoints: dict[str, JudgeEndpoint] = field(default_factory=dict)  # --judge-endpoint NAME=URL
+    # Public mode: what one session may ask for at once (one-line refusals beyond these).
+    public_max_new_tokens: int = 512
+    public_max_columns: int = 3
+    public_max_requests: int = 2  # running at once, per session
+    votes_per_minute: int = 6  # per session, in every mode
+    login_free_failures: int = 5  # wrong logins from one client before it is locked out
+    login_lockout_s: float = 60.0  # the first lockout; it doubles with each further failure
 
     @staticmethod
     def parse_auth(value: str | None) -> tuple[str, str] | None:
@@ -41,27 +59,47 @@ class AppSettings:
             auth=cls.parse_auth(env.get("ARENA_AUTH")),
             search_provider=env.get("ARENA_SEARCH", "duckduckgo"),
             searxng_url=env.get("ARENA_SEARXNG_URL") or None,
+            judge_endpoints=parse_judge_endpoints(env.get("ARENA_JUDGE_ENDPOINTS", "").split()),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
 
-class SessionCancels:
-    """One cancel event per browser session, so Stop (or closing the tab) ends that session's answers."""
+class SessionRequests:
+    """Each session's running requests, so Stop (or closing the tab) cancels every one of them, not only
+    the newest; and, when `limit` is set, how many one session may run at once."""
 
-    def __init__(self) -> None:
-        self._events: dict[str, threading.Event] = {}
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self._running: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
 
-    def fresh(self, session: str) -> threading.Event:
+    @contextmanager
+    def running(self, session: str) -> Iterator[threading.Event]:
+        """A request's cancel event for as long as it runs; refused when the session is at its limit."""
+        event = threading.Event()
         with self._lock:
-            event = self._events[session] = threading.Event()
-            return event
+            events = self._running.setdefault(session, set())
+            if self.limit is not None and len(events) >= self.limit:
+                raise ArenaError(f"this session already has {len(events)} requests running (the limit on this "
+                                 "server): wait for them or press Stop")
+            events.add(event)
+        try:
+            yield event
+        finally:
+            with self._lock:
+                events.discard(event)
+                if not events:
+                    self._running.pop(session, None)
+
+    def count(self, session: str) -> int:
+        with self._lock:
+            return len(self._running.get(session, ()))
 
     def cancel(self, session: str) -> None:
         with self._lock:
-            event = self._events.pop(session, None)
-        if event is not None:
+            events = list(self._running.get(session, ()))
+        for event in events:
             event.set()
 
 
@@ -71,8 +109,27 @@ class AppContext:
 
     engine: Engine
     settings: AppSettings
-    votes: object  # evaluation.votes.VoteStore
-    search: object | None  # models.search.WebSearch, None when search is off
+    votes: object  # arena.votes.VoteStore: read by the leaderboard and exports
+    search: object | None  # chat.search.WebSearch, None when search is off
     jobs: object | None = None  # training.jobs.JobRunner; None in public mode
     evals: object | None = None  # evaluation.tasks.EvalTasks
-    cancels: SessionCancels = field(default_factory=SessionCancels)
+    ballots: object | None = None  # arena.ballots.VoteRule: the only way a vote is cast
+    requests: SessionRequests = field(default_factory=SessionRequests)
+    access: Access = field(default_factory=Access)
+
+    @property
+    def owned_folders(self) -> list[Path]:
+        """Where a path typed in the UI may point (kernel.paths.owned_file): bundled files and DATA's inputs."""
+        data = self.engine.config.data_dir
+        return [*BUNDLED, data / "datasets", data / "uploads"]
+
+    def check_request_size(self, columns: int, params: list[SamplingParams]) -> None:
+        """On a public server, refuse in one line a request for more columns or new tokens than allowed."""
+        s = self.settings
+        if not s.public:
+            return
+        if columns > s.public_max_columns:
+            raise ArenaError(f"{columns} columns asked; this public server answers at most {s.public_max_columns}")
+        tokens = max(p.max_new_tokens for p in params)
+        if tokens > s.public_max_new_tokens:
+            raise ArenaError(f"{tokens} new tokens asked; this public server allows at most {s.public_max_new_tokens}")

@@ -7,6 +7,8 @@ import gradio as gr
 
 from training.config import FORMATS, METHODS, SCHEDULERS, TrainConfig
 
+from .access import Need, needs
+
 QUICK_CPU_DEMO = dict(method="lora", rank=16, alpha=32, dropout=0.05, target_modules="attention",
                       learning_rate=1e-3, lr_scheduler="cosine", epochs=5.0, max_steps=-1, batch_size=4,
                       grad_accum=1, max_length=256, eval_every=9, early_stopping_patience=0)
@@ -70,6 +72,7 @@ class TrainingForm:
     def adapter_choices(self, adapters: list[str]) -> gr.Dropdown:
         return gr.Dropdown(choices=[NEW] + adapters)
 
+    @needs(Need.SESSION)
     def apply_preset(self, preset: str):
         values = PRESETS.get(preset, {})
         return [gr.update(value=values[name]) if name in values else gr.update() for name in self.widgets]

@@ -11,17 +11,21 @@ import gradio as gr
 import pandas as pd
 
 from kernel.errors import ArenaError
+from kernel.paths import owned_file
 from models.adapters import validate_name
 from training.check import check_dataset
 from training.jobs import FINAL, shell_command
 from training.resources import check_device_memory
 
+from .access import Need, needs
 from .settings import AppContext
 from .training_form import TrainingForm
 from .widgets import keep_upload, user_errors
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "training" / "examples"
 JOB_COLUMNS = ["id", "name", "status", "progress", "created", "error"]
+DATASET_SUFFIXES = (".json", ".jsonl", ".csv")
+TRAINING = "training"  # what a public server refuses, in its one-line refusal
 
 
 class TrainingTab:
@@ -58,7 +62,7 @@ class TrainingTab:
             self.curves = gr.LinePlot(x="step", y="loss", color="split", title="Loss", elem_id="train-curves",
                                       x_title="step", y_title="loss")
             self.log = gr.Code(label="Log tail", interactive=False, lines=12)
-            self.timer = gr.Timer(2.0)
+            self.timer = gr.Timer(2.0, active=self.ctx.jobs is not None)
         self._wire()
         return self.tab
 
@@ -75,45 +79,50 @@ class TrainingTab:
         # Refreshed when opened, not when the tab is selected: an update racing the user's first edits on
         # the tab lost them (seen in the browser test: Epochs 1 went back to 5).
         start_from = self.form.widgets["init_adapter"]
-        start_from.focus(lambda: self.form.adapter_choices(self._adapters()), None, start_from, api_visibility="private")
+        start_from.focus(self._start_from_choices, None, start_from, api_visibility="private")
         self.to_compare.click(self._compare_with_base, self.job,
                               [self.tabs, self.compare.n_columns, self.compare.columns[0].variant,
                                self.compare.columns[1].variant], api_name="train_compare")
 
     # ----- datasets -------------------------------------------------------------------------------
 
+    @needs(Need.VIEW)
+    def _start_from_choices(self):
+        return self.form.adapter_choices(self._adapters())
+
     def _adapters(self) -> list[str]:
         return [a.name for a in self.ctx.engine.adapters() if a.status != "failed"]
 
     def _datasets(self) -> list[str]:
-        uploaded = sorted(str(p) for p in self.datasets_dir.glob("*") if p.suffix in (".json", ".jsonl", ".csv"))
+        uploaded = sorted(str(p) for p in self.datasets_dir.glob("*") if p.suffix in DATASET_SUFFIXES)
         return [str(p) for p in sorted(EXAMPLES.glob("*.json"))] + uploaded
 
+    @needs(Need.OPERATOR, TRAINING)
     @user_errors
     def _store_upload(self, file):
-        self._refuse_in_public_mode()
         target = keep_upload(file, self.datasets_dir)
         return gr.Dropdown(choices=self._datasets(), value=str(target))
 
     def _config(self, data: dict):
-        dataset = data[self.dataset]
-        if not dataset:
+        if not data[self.dataset]:
             raise ArenaError("pick or upload a dataset first")
-        cfg = self.form.config(data, dataset, base=self.ctx.engine.config.base)
+        dataset = owned_file(data[self.dataset], self.ctx.owned_folders, "dataset", DATASET_SUFFIXES)
+        cfg = self.form.config(data, str(dataset), base=self.ctx.engine.config.base)
         if cfg.init_adapter:  # an adapter from an extra --adapters-dir: the job needs its folder, not its name
             info = next((a for a in self.ctx.engine.adapters() if a.name == cfg.init_adapter), None)
             if info is not None and info.path.parent != self.ctx.engine.config.adapters_dir:
                 cfg.init_adapter = str(info.path)
         return cfg
 
+    @needs(Need.OPERATOR, TRAINING)
     @user_errors
     def _check(self, data: dict):
         result = check_dataset(self._config(data), self.ctx.engine.config.data_dir, tokenizer=self.ctx.engine.base.tokenizer)
         return result.markdown, result.preview_html
 
+    @needs(Need.OPERATOR, TRAINING)
     @user_errors
     def _start(self, data: dict):
-        self._refuse_in_public_mode()
         cfg = self._config(data)
         validate_name(cfg.name)
         result = check_dataset(cfg, self.ctx.engine.config.data_dir, tokenizer=self.ctx.engine.base.tokenizer)
@@ -127,6 +136,7 @@ class TrainingTab:
     def _job_ids(self) -> list[str]:
         return [job.id for job in self.ctx.jobs.store.list(50)]
 
+    @needs(Need.OPERATOR, TRAINING)
     def _watch(self, job_id: str | None):
         store = self.ctx.jobs.store
         jobs = store.list(50)
@@ -171,22 +181,23 @@ class TrainingTab:
         rows += [{"step": m["step"], "loss": m["eval_loss"], "split": "validation"} for m in metrics if "eval_loss" in m]
         return pd.DataFrame(rows, columns=["step", "loss", "split"])
 
+    @needs(Need.OPERATOR, TRAINING)
     @user_errors
     def _cancel(self, job_id: str | None):
-        self._refuse_in_public_mode()
         if not job_id:
             raise ArenaError("pick a job first")
         self.ctx.jobs.cancel(job_id)
         return f"Cancel requested for **{job_id}**: it saves a checkpoint and stops."
 
+    @needs(Need.OPERATOR, TRAINING)
     @user_errors
     def _resume(self, job_id: str | None):
-        self._refuse_in_public_mode()
         if not job_id:
             raise ArenaError("pick a job first")
         job = self.ctx.jobs.resume(job_id)
         return f"Resuming as job **{job.id}**.", gr.Dropdown(choices=self._job_ids(), value=job.id)
 
+    @needs(Need.OPERATOR, TRAINING)
     @user_errors
     def _compare_with_base(self, job_id: str | None):
         if not job_id:
@@ -198,7 +209,3 @@ class TrainingTab:
             raise ArenaError(f"adapter '{job.name}' is not ready: the job is {job.status}")
         return (gr.Tabs(selected="compare"), 2, gr.Dropdown(choices=variants, value="base"),
                 gr.Dropdown(choices=variants, value=job.name))
-
-    def _refuse_in_public_mode(self) -> None:
-        if self.ctx.settings.public or self.ctx.jobs is None:
-            raise ArenaError("training is turned off on this public server")

@@ -59,11 +59,14 @@ class SamplingWidgets:
     seed: gr.Number
 
     @classmethod
-    def build(cls, label: str = "Sampling (shared by every column)", max_new_tokens: int = 256) -> "SamplingWidgets":
+    def build(cls, label: str = "Sampling (shared by every column)", max_new_tokens: int = 256,
+              token_cap: int | None = None) -> "SamplingWidgets":
+        """`token_cap`: a public server's limit on new tokens (the handlers refuse more; the slider stops there)."""
+        most = token_cap or 2048
         with gr.Accordion(label, open=False):
             with gr.Row():
                 widgets = cls(
-                    max_new_tokens=gr.Slider(1, 2048, value=max_new_tokens, step=1, label="Max new tokens"),
+                    max_new_tokens=gr.Slider(1, most, value=min(max_new_tokens, most), step=1, label="Max new tokens"),
                     temperature=gr.Slider(0, 2, value=0.0, step=0.05, label="Temperature (0 = greedy)"),
                     top_p=gr.Slider(0.05, 1, value=1.0, step=0.05, label="Top p"),
                     top_k=gr.Slider(0, 200, value=0, step=1, label="Top k (0 = off)"),

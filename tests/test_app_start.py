@@ -38,3 +38,10 @@ def test_bad_auth_option_is_one_line(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "error: --auth / ARENA_AUTH must look like USER:PASSWORD"
+
+
+def test_bad_judge_endpoint_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "app", "--judge-endpoint", "http://host/v1", "--data-dir", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: judge endpoint 'http://host/v1': expected NAME=URL")
