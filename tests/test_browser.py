@@ -15,18 +15,25 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
-def page(launch_app, real_engine):
+def browser():
+    """One Chromium for the module: Playwright's sync API allows one running instance per thread."""
     from playwright.sync_api import sync_playwright
 
-    ctx, url = launch_app(real_engine)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url)
-        page.wait_for_selector("#compare-message textarea")
-        page.ctx = ctx
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(launch_app, real_engine, browser):
+    ctx, url = launch_app(real_engine)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.wait_for_selector("#compare-message textarea")
+    page.ctx = ctx
+    yield page
+    page.close()
 
 
 def bot_texts(page, chat_id: str) -> list[str]:
@@ -135,11 +142,10 @@ def test_evaluate_tab_shows_the_report(page):
 XSS = "<img src=x onerror=alert(1)>"
 
 
-def test_a_suite_full_of_markup_shows_as_text_and_runs_no_script(launch_app, tmp_path, tiny_model_path, tiny_adapters):
+def test_a_suite_full_of_markup_shows_as_text_and_runs_no_script(launch_app, browser, tmp_path, tiny_model_path,
+                                                                 tiny_adapters):
     """Stored XSS: a suite's category and prompt, a vote's variant names and an adapter's config hold a script."""
     import json
-
-    from playwright.sync_api import sync_playwright
 
     from arena.votes import Vote
     from models import Engine, EngineConfig
@@ -147,7 +153,8 @@ def test_a_suite_full_of_markup_shows_as_text_and_runs_no_script(launch_app, tmp
     shutil.copytree(tiny_adapters / "a1", tmp_path / "adapters" / "a1")
     broken = shutil.copytree(tiny_adapters / "a2", tmp_path / "adapters" / "broken")
     config = json.loads((broken / "adapter_config.json").read_text())
-    (broken / "adapter_config.json").write_text(json.dumps({**config, "target_modules": [XSS], "base_model_name_or_path": XSS}))
+    config.update(target_modules=[XSS], base_model_name_or_path=XSS)
+    (broken / "adapter_config.json").write_text(json.dumps(config))
     chat = [{"role": "user", "content": XSS}, {"role": "assistant", "content": XSS}]
     VoteStore(tmp_path / "votes.sqlite").add(Vote(XSS, "base", "a", chat, chat, mode="arena"))
     suite = tmp_path / "xss.jsonl"
@@ -157,29 +164,27 @@ def test_a_suite_full_of_markup_shows_as_text_and_runs_no_script(launch_app, tmp
     engine = Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=tmp_path))
     _, url = launch_app(engine)
     dialogs = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-        page.goto(url)
-        page.get_by_role("tab", name="Evaluate").click()
-        page.locator("#eval-upload input[type=file]").set_input_files(str(suite))
-        page.wait_for_function("() => document.querySelector('#eval-suite input').value.endsWith('xss.jsonl')",
-                               timeout=30_000)
-        page.click("#eval-run")
-        page.wait_for_function("() => document.querySelector('#eval-report').innerText.includes('Score per category')",
-                               timeout=180_000)
-        page.locator("#eval-report summary").click()  # open the per-case table, where the prompts are
-        page.wait_for_timeout(1000)  # an onerror fires as soon as the broken image is in the page
-        assert dialogs == [], "the report ran a script from the suite"
-        assert XSS in page.inner_text("#eval-report")  # shown, as text
-        page.get_by_role("tab", name="Leaderboard").click()
-        page.wait_for_function("() => document.querySelector('#leaderboard-table').innerText.includes('onerror')",
-                               timeout=30_000)
-        page.get_by_role("tab", name="Models").click()
-        page.wait_for_function("() => document.querySelector('#models-table').innerText.includes('onerror')",
-                               timeout=30_000)
-        page.wait_for_timeout(1000)
-        page.screenshot(path=str(SCREENSHOTS / "xss.png"), full_page=True)
-        browser.close()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(url)
+    page.get_by_role("tab", name="Evaluate").click()
+    page.locator("#eval-upload input[type=file]").set_input_files(str(suite))
+    page.wait_for_function("() => document.querySelector('#eval-suite input').value.endsWith('xss.jsonl')",
+                           timeout=30_000)
+    page.click("#eval-run")
+    page.wait_for_function("() => document.querySelector('#eval-report').innerText.includes('Score per category')",
+                           timeout=180_000)
+    page.locator("#eval-report summary").click()  # open the per-case table, where the prompts are
+    page.wait_for_timeout(1000)  # an onerror fires as soon as the broken image is in the page
+    assert dialogs == [], "the report ran a script from the suite"
+    assert XSS in page.inner_text("#eval-report")  # shown, as text
+    page.get_by_role("tab", name="Leaderboard").click()
+    page.wait_for_function("() => document.querySelector('#leaderboard-table').innerText.includes('onerror')",
+                           timeout=30_000)
+    page.get_by_role("tab", name="Models").click()
+    page.wait_for_function("() => document.querySelector('#models-table').innerText.includes('onerror')",
+                           timeout=30_000)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(SCREENSHOTS / "xss.png"), full_page=True)
+    page.close()
     assert dialogs == []
