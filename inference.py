@@ -43,7 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def list_variants(engine: Engine) -> None:
     info = engine.info()
-    print(f"base  {info['name']}  ({info['parameters'] / 1e6:.1f}M parameters, {info['dtype']}, {info['device']})")
+    quantized = f", {info['quantization']}, {info['memory_saved_mb']:.0f} MB saved" if info["memory_saved_mb"] else ""
+    print(f"base  {info['name']}  ({info['parameters'] / 1e6:.1f}M parameters, {info['dtype']}, {info['device']}"
+          f"{quantized})")
     for note in info["notes"]:
         print(f"      note: {note}")
     for adapter in engine.adapters():

@@ -115,9 +115,10 @@ class ModelsTab:
     def _base_markdown(self) -> str:
         info = self.ctx.engine.info()
         notes = "".join(f"\n\n> {note}" for note in info["notes"])
+        saved = f" ({info['memory_saved_mb']:.0f} MB saved by quantization)" if info["memory_saved_mb"] else ""
         return (
             f"### Base model: {info['name']}\n"
             f"| parameters | dtype | device | quantization | memory | load time |\n|---|---|---|---|---|---|\n"
             f"| {info['parameters'] / 1e6:.1f}M | {info['dtype']} | {info['device']} | {info['quantization']} "
-            f"| {info['memory_mb']:.0f} MB | {info['load_seconds']:.1f} s |{notes}"
+            f"| {info['memory_mb']:.0f} MB{saved} | {info['load_seconds']:.1f} s |{notes}"
         )

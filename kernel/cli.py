@@ -16,7 +16,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                        help="folder for everything written (default $ARENA_DATA_DIR or ./arena_data)")
     group.add_argument("--adapters-dir", action="append", default=[], metavar="DIR",
                        help="extra folder of LoRA adapters (repeatable); DATA_DIR/adapters is always read")
-    group.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="bitsandbytes quantisation (CUDA only)")
+    group.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="bitsandbytes quantisation of the base, on CUDA or the CPU: "
+                            "4bit = NF4 with double quantisation, 8bit = LLM.int8")
     group.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
 
 

@@ -64,7 +64,7 @@ class EngineConfig:
     base: str = "default"
     data_dir: Path = field(default_factory=resolve_data_dir)
     adapter_dirs: list[Path] = field(default_factory=list)
-    quantization: str | None = None  # None, "4bit" or "8bit" (bitsandbytes, CUDA only)
+    quantization: str | None = None  # None, "4bit" or "8bit" (bitsandbytes, on CUDA or the CPU)
     device: str | None = None  # None picks CUDA when present, else CPU
     load_adapters: bool = True  # load every compatible adapter at start
 

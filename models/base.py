@@ -23,6 +23,9 @@ from transformers.utils import logging as hf_logging
 
 from kernel.errors import ArenaError, first_line
 
+from .quantization import (QUANTIZED_DIR, load_quantized, true_numel, unquantized_bytes, weight_bytes,
+                           why_not)
+
 log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()  # "Loading weights" bars on every start are noise for users
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
@@ -43,9 +46,10 @@ class LoadedBase:
     path: str  # where it was loaded from
     device: torch.device
     dtype: torch.dtype
-    quantization: str | None
+    quantization: str | None  # "4bit", "8bit" or None
     load_seconds: float
-    notes: list[str] = field(default_factory=list)  # e.g. "4-bit asked for without CUDA"
+    notes: list[str] = field(default_factory=list)  # e.g. "4bit asked for without bitsandbytes"
+    saved_bytes: int = 0  # weight memory quantisation saved, against the same weights unquantised in `dtype`
 
     @property
     def identities(self) -> set[str]:
@@ -55,7 +59,7 @@ class LoadedBase:
 
     @property
     def parameters(self) -> int:
-        return sum(p.numel() for n, p in self.model.named_parameters() if "lora_" not in n)
+        return sum(true_numel(p) for n, p in self.model.named_parameters() if "lora_" not in n)
 
 
 def short_name(name_or_path: str) -> str:
@@ -119,6 +123,8 @@ def resolve_base(spec: str, models_dir: Path) -> tuple[str, str]:
             return DEFAULT_BASE_ID, DEFAULT_BASE_ID
         return DEFAULT_BASE_ID, str(ensure_default_model(models_dir))
     path = Path(spec).expanduser()
+    if not path.is_dir() and (Path(models_dir) / spec).is_dir() and ".." not in spec:
+        path = Path(models_dir) / spec  # a model written into the data folder, e.g. by a full fine-tune
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ArenaError(f"base model folder {path} has no config.json")
@@ -130,48 +136,35 @@ def resolve_base(spec: str, models_dir: Path) -> tuple[str, str]:
     raise ArenaError(f"base model '{spec}' is neither a local model folder nor a Hub id (org/name)")
 
 
-def _quantization_config(quantization: str | None, device: torch.device, notes: list[str]):
-    if quantization is None:
-        return None
-    if device.type != "cuda":
-        notes.append(f"{quantization} quantization needs CUDA; loaded unquantised on {device.type}")
-        return None
-    try:
-        from transformers import BitsAndBytesConfig
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        notes.append(f"{quantization} quantization needs bitsandbytes (pip install bitsandbytes); loaded unquantised")
-        return None
-    if quantization == "4bit":
-        return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True,
-        )
-    return BitsAndBytesConfig(load_in_8bit=True)
+def usable_quantization(quantization: str | None, device: torch.device, notes: list[str]) -> str | None:
+    """The quantisation to load with, or None (with a note saying why) when this machine cannot quantise."""
+    reason = why_not(quantization, device) if quantization else ""
+    if reason:
+        notes.append(f"{reason}; loaded unquantised")
+    return None if reason else quantization
 
 
 def load_base(spec: str, models_dir: Path, device: str | None = None,
               quantization: str | None = None) -> LoadedBase:
-    """Load tokenizer and model onto one device: CUDA in bf16 with sdpa, else CPU in fp32."""
+    """Load tokenizer and model onto one device: CUDA in bf16 with sdpa, else CPU in fp32; the linear
+    layers in 4-bit NF4 or 8-bit LLM.int8 when asked (bitsandbytes, on CUDA or the CPU)."""
     start = time.perf_counter()
     name, source = resolve_base(spec, models_dir)
     dev = pick_device(device)
     notes: list[str] = []
-    quant_config = _quantization_config(quantization, dev, notes)
+    quantization = usable_quantization(quantization, dev, notes)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     offline = hub_offline()
-    kwargs = dict(dtype=dtype, attn_implementation="sdpa")
-    if quant_config is not None:
-        kwargs["quantization_config"] = quant_config
-        kwargs["device_map"] = {"": dev.index or 0}
+    kwargs = dict(dtype=dtype, attn_implementation="sdpa", local_files_only=offline)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
-        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=offline, **kwargs)
+        if quantization:
+            model = load_quantized(source, quantization, dev, Path(models_dir) / QUANTIZED_DIR, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs).to(dev)
     except (OSError, ValueError) as exc:
         where = "offline (HF_HUB_OFFLINE is set) and it is not on disk" if offline else first_line(exc)
         raise ArenaError(f"cannot load base model '{spec}': {where}") from None
-    if quant_config is None:
-        model.to(dev)
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -182,8 +175,8 @@ def load_base(spec: str, models_dir: Path, device: str | None = None,
         log.warning(note)
     return LoadedBase(
         model=model, tokenizer=tokenizer, name=name, path=source, device=dev, dtype=dtype,
-        quantization=quantization if quant_config is not None else None,
-        load_seconds=time.perf_counter() - start, notes=notes,
+        quantization=quantization, load_seconds=time.perf_counter() - start, notes=notes,
+        saved_bytes=unquantized_bytes(model, dtype) - weight_bytes(model) if quantization else 0,
     )
 
 

@@ -29,6 +29,7 @@ from .base import LoadedBase, load_base
 from kernel.config import ArenaError, EngineConfig, SamplingParams
 from .device_queue import Cancelled, DeviceQueue
 from .prompts import build_prompt_ids, normalize_messages
+from .quantization import describe, weight_bytes
 from .runner import BASE_ROW, HFRunner, Row
 from .streaming import GenerationStats, StreamEvent
 
@@ -376,11 +377,13 @@ class Engine:
     def info(self) -> dict:
         """What the Models tab shows about the base."""
         memory = (torch.cuda.memory_allocated(self.base.device) if self.base.device.type == "cuda"
-                  else sum(p.numel() * p.element_size() for p in self.base.model.parameters()))
+                  else weight_bytes(self.base.model))
         return {
             "name": self.base.name, "path": self.base.path, "parameters": self.base.parameters,
             "dtype": str(self.base.dtype).replace("torch.", ""), "device": str(self.base.device),
-            "quantization": self.base.quantization or "none", "memory_mb": round(memory / 2**20, 1),
+            "quantization": describe(self.base.model) if self.base.quantization else "none",
+            "memory_mb": round(memory / 2**20, 1),
+            "memory_saved_mb": round(self.base.saved_bytes / 2**20, 1),
             "load_seconds": round(self.base.load_seconds, 2), "notes": self.base.notes,
             "waiting": self.device.waiting,
         }
