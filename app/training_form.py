@@ -36,7 +36,8 @@ class TrainingForm:
             preset = gr.Radio(list(PRESETS), value=next(iter(PRESETS)), label="Preset")
         with gr.Accordion("Advanced settings", open=False):
             with gr.Row():
-                w["method"] = gr.Dropdown(list(METHODS), value="lora", label="Method (QLoRA needs CUDA)")
+                w["method"] = gr.Dropdown(list(METHODS), value="lora",
+                                          label="Method (qlora: 4-bit base; full: every weight, saved as a new base)")
                 w["rank"] = gr.Slider(1, 256, value=QUICK_CPU_DEMO["rank"], step=1, label="Rank r")
                 w["alpha"] = gr.Slider(1, 512, value=QUICK_CPU_DEMO["alpha"], step=1, label="Alpha")
                 w["dropout"] = gr.Slider(0, 0.5, value=d.dropout, step=0.01, label="LoRA dropout")

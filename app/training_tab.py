@@ -1,4 +1,4 @@
-"""Training tab: pick or upload a dataset, check it, start a LoRA job, watch it live, then compare.
+"""Training tab: pick or upload a dataset, check it, start a job, watch it live, compare answers and cost.
 
 The tab only builds a TrainConfig and hands it to the JobRunner, which runs the same
 `accelerate launch -m training ...` command a user could type; the command is shown.
@@ -14,6 +14,7 @@ from kernel.errors import ArenaError
 from kernel.paths import owned_file
 from models.adapters import validate_name
 from training.check import check_dataset
+from training.cost import cost_frame, job_cards
 from training.jobs import FINAL, shell_command
 from training.resources import check_device_memory
 
@@ -62,6 +63,13 @@ class TrainingTab:
             self.curves = gr.LinePlot(x="step", y="loss", color="split", title="Loss", elem_id="train-curves",
                                       x_title="step", y_title="loss")
             self.log = gr.Code(label="Log tail", interactive=False, lines=12)
+            with gr.Accordion("Cost: what the jobs took (LoRA r=8/16/64, rsLoRA, DoRA, QLoRA, full)", open=False):
+                with gr.Row():
+                    # Choices are refreshed when opened; ids are checked by the handler (custom values allowed)
+                    self.cost_jobs = gr.Dropdown([], multiselect=True, scale=4, elem_id="train-cost-jobs",
+                                                 allow_custom_value=True, label="Succeeded jobs to compare")
+                    self.cost_show = gr.Button("Compare cost")
+                self.cost_table = gr.Dataframe(label="Cost", interactive=False, elem_id="train-cost")
             self.timer = gr.Timer(2.0, active=self.ctx.jobs is not None)
         self._wire()
         return self.tab
@@ -80,6 +88,8 @@ class TrainingTab:
         # the tab lost them (seen in the browser test: Epochs 1 went back to 5).
         start_from = self.form.widgets["init_adapter"]
         start_from.focus(self._start_from_choices, None, start_from, api_visibility="private")
+        self.cost_jobs.focus(self._cost_choices, None, self.cost_jobs, api_visibility="private")
+        self.cost_show.click(self._cost, self.cost_jobs, self.cost_table, api_name="train_cost")
         self.to_compare.click(self._compare_with_base, self.job,
                               [self.tabs, self.compare.n_columns, self.compare.columns[0].variant,
                                self.compare.columns[1].variant], api_name="train_compare")
@@ -182,6 +192,21 @@ class TrainingTab:
         return pd.DataFrame(rows, columns=["step", "loss", "split"])
 
     @needs(Need.OPERATOR, TRAINING)
+    def _cost_choices(self):
+        jobs = self.ctx.jobs.store.with_status("succeeded")
+        return gr.Dropdown(choices=[(f"{j.name} · {j.train_config().method} · {j.id}", j.id) for j in jobs])
+
+    @needs(Need.OPERATOR, TRAINING)
+    @user_errors
+    def _cost(self, job_ids: list[str] | None):
+        if not job_ids:
+            raise ArenaError("pick one or more succeeded jobs first")
+        cards = job_cards(self.ctx.jobs.store.get(job_id) for job_id in job_ids)
+        if not cards:
+            raise ArenaError("none of the picked jobs has a card left (its adapter or model was deleted)")
+        return cost_frame(cards)
+
+    @needs(Need.OPERATOR, TRAINING)
     @user_errors
     def _cancel(self, job_id: str | None):
         if not job_id:
@@ -205,6 +230,9 @@ class TrainingTab:
         job = self.ctx.jobs.store.get(job_id)
         self.ctx.engine.rescan()
         variants = self.ctx.engine.variants()
+        if job.train_config().method == "full" and job.status == "succeeded":
+            raise ArenaError(f"'{job.name}' is a fully fine-tuned model, not an adapter: serve it as the base "
+                             f"(python arena.py --base {job.name}) or evaluate it with --base {job.name}")
         if job.name not in variants:
             raise ArenaError(f"adapter '{job.name}' is not ready: the job is {job.status}")
         return (gr.Tabs(selected="compare"), 2, gr.Dropdown(choices=variants, value="base"),

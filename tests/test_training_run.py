@@ -253,10 +253,11 @@ BAD_INPUT = [
     ("too-few-rows", ONE_ROW, [], "validation_split 0.1 needs at least 5 rows"),
     ("prompt-over-max-length", None, ["--max-length", "16"], "max_length 16"),
     ("unknown-base", None, ["--base", "{tmp}/no-such-model"], "neither a local model folder nor a Hub id"),
-    ("qlora-on-cpu", None, ["--method", "qlora"], "QLoRA needs a CUDA GPU"),
+    ("full-with-init-adapter", None, ["--method", "full", "--init-adapter", "x"],
+     "init_adapter continues a LoRA adapter; method full trains the base's own weights"),
     ("unknown-init-adapter", None, ["--init-adapter", "ghost"], "init_adapter 'ghost': no adapter by that name in"),
 ]
-THROUGH_TRAINING = {"qlora-on-cpu", "too-few-rows", "all-rows-invalid", "unknown-init-adapter"}  # the rest through --check, faster
+THROUGH_TRAINING = {"too-few-rows", "all-rows-invalid", "unknown-init-adapter"}  # the rest through --check, faster
 
 
 @pytest.mark.parametrize("case, rows, options, message", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])

@@ -1,4 +1,4 @@
-"""`python -m training`: run one LoRA / QLoRA job headless; the Training tab runs this same command.
+"""`python -m training`: run one LoRA / QLoRA / full fine-tuning job headless; the Training tab runs this same command.
 
     python -m training --dataset data.json --name my-adapter
     python -m training --config DATA/jobs/ID/job.yaml            # rerun a saved job
@@ -110,7 +110,10 @@ def main(argv=None) -> int:
                 print("cancelled: the last checkpoint is kept; resume the job to continue")
             else:
                 reporter.succeeded(adapter)
-                print(f"adapter saved to {adapter}")
+                if cfg.method == "full":  # a whole model: served as a base, not beside one
+                    print(f"model saved to {adapter}; serve it with --base {cfg.name}")
+                else:
+                    print(f"adapter saved to {adapter}")
     except ArenaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if reporter is not None:

@@ -15,7 +15,7 @@ from kernel.errors import ArenaError
 from kernel.jsonl import atomic_write_text
 
 FORMATS = ("auto", "text", "alpaca", "sharegpt", "messages", "prompt_completion")
-METHODS = ("lora", "rslora", "dora", "qlora")
+METHODS = ("lora", "rslora", "dora", "qlora", "full")  # full: every weight, written as a new base model
 TARGET_PRESETS = {
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],  # the TinyLlama seed run's choice
     "all-linear": "all-linear",
@@ -39,7 +39,7 @@ class TrainConfig:
     overlong: str = "truncate"  # truncate or drop rows longer than max_length
     loss_on: str = "assistant"  # assistant (only answers carry loss) or all
     packing: bool = False  # else length-grouped batches with dynamic padding
-    # adapter
+    # adapter (method full: no adapter, every weight of the base is trained)
     method: str = "lora"
     rank: int = 16
     alpha: int = 32
@@ -81,6 +81,8 @@ class TrainConfig:
             (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be at least 1"),
             (self.eval_every >= 1, "eval_every must be at least 1"),
             (self.early_stopping_patience >= 0, "early_stopping_patience must be 0 (off) or more"),
+            (not (self.method == "full" and self.init_adapter),
+             "init_adapter continues a LoRA adapter; method full trains the base's own weights: drop one of them"),
         ]
         for ok, message in checks:
             if not ok:

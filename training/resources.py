@@ -7,7 +7,8 @@ from kernel.errors import ArenaError
 
 from .config import TrainConfig
 
-BYTES_PER_PARAM = {"qlora": 0.7, "lora": 2.0, "rslora": 2.0, "dora": 2.2}  # bf16 weights; 4-bit for QLoRA
+# bf16 weights; 4-bit for QLoRA; a full fine-tune keeps fp32 weights, their gradients and AdamW's two moments
+BYTES_PER_PARAM = {"qlora": 0.7, "lora": 2.0, "rslora": 2.0, "dora": 2.2, "full": 16.0}
 MARGIN = 1.5 * 2**30  # activations, optimiser state of the small LoRA weights, CUDA context
 
 

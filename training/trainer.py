@@ -1,8 +1,14 @@
-"""One training run: dataset -> LoRA/QLoRA adapter, with transformers' Trainer and PEFT.
+"""One training run: dataset -> LoRA/QLoRA adapter (or a fully fine-tuned model), with transformers' Trainer and PEFT.
 
 Runs inside the job process (`python -m training`, usually under `accelerate launch`). It reports
 progress through a JobReporter, honours the CANCEL flag between steps (keeping a checkpoint), and
-writes the adapter atomically: a temp folder in the adapters folder, then one rename.
+writes the result atomically: a temp folder beside the target, then one rename.
+
+`--method full` trains every weight with the same data and loss masking, and writes a whole model
+folder to DATA/models/<name>, which the engine loads as another base (`--base <name>`). A full model
+rather than a weight diff: a diff of every weight is as large as the model, saves nothing, and only
+works on the exact base it was taken from; a model folder loads anywhere (this engine, plain
+transformers, vLLM), and its size on disk is the honest cost to compare with an adapter's.
 """
 from __future__ import annotations
 
@@ -18,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+# Before transformers' Trainer imports bitsandbytes (through peft): this module quiets its import-time warning.
+from models.quantization import QUANTIZED_DIR, keep_trainable, load_quantized  # noqa: I001
 from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, Trainer, TrainingArguments
 
 from models import adapters as registry
@@ -27,6 +36,7 @@ from kernel.errors import ArenaError
 
 from .callbacks import ProgressCallback
 from .config import TrainConfig
+from .cost import CARD_FILE, folder_bytes, optimizer_state_bytes, peak_memory
 from .data import load_dataset, split_examples
 from .encoding import DataCollator, encode_all, pack
 
@@ -68,24 +78,23 @@ def file_sha256(path: str) -> str:
 
 
 def load_for_training(cfg: TrainConfig, models_dir: Path):
-    """Base model and tokenizer for training: bf16 on CUDA, fp32 on CPU, 4-bit NF4 for QLoRA."""
+    """Base model and tokenizer: bf16 on CUDA, fp32 on the CPU, 4-bit NF4 for QLoRA (CUDA or CPU);
+    a full fine-tune keeps fp32 weights everywhere (on CUDA the Trainer adds bf16 autocast)."""
     name, source = resolve_base(cfg.base, models_dir)
-    cuda = torch.cuda.is_available()
-    if cfg.method == "qlora" and not cuda:
-        raise ArenaError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit); on this machine use method lora")
-    kwargs = {"dtype": torch.bfloat16 if cuda else torch.float32}
-    if cfg.method == "qlora":
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
-            bnb_4bit_use_double_quant=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     offline = hub_offline()
+    kwargs = {"dtype": torch.bfloat16 if device.type == "cuda" and cfg.method != "full" else torch.float32,
+              "local_files_only": offline}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
-        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=offline, **kwargs)
+        if cfg.method == "qlora":  # the same quantised copy the engine serves, made once
+            model = load_quantized(source, "4bit", device, Path(models_dir) / QUANTIZED_DIR, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise ArenaError(f"cannot load base model '{cfg.base}': {first_line(exc)}") from None
+    if cfg.method == "qlora":
+        keep_trainable(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return name, model, tokenizer
@@ -108,6 +117,9 @@ def starting_adapter(cfg: TrainConfig, adapters_dir: Path, base_name: str, model
 
 
 def add_lora(model, cfg: TrainConfig, start: Path | None = None):
+    """The model the Trainer updates: a PEFT LoRA around the base, or the base itself for a full fine-tune."""
+    if cfg.method == "full":
+        return model.requires_grad_(True)
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.method == "qlora":
@@ -119,6 +131,14 @@ def add_lora(model, cfg: TrainConfig, start: Path | None = None):
         use_rslora=cfg.method == "rslora", use_dora=cfg.method == "dora", task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, total), each shared tensor counted once (tied embeddings) and 4-bit weights unpacked."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    unique = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
 
 
 def training_arguments(cfg: TrainConfig, output_dir: Path, has_validation: bool) -> TrainingArguments:
@@ -135,20 +155,20 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, has_validation: bool)
         train_sampling_strategy="random" if cfg.packing else "group_by_length",
         gradient_checkpointing=cfg.gradient_checkpointing, bf16=cuda, seed=cfg.seed, data_seed=cfg.seed,
         report_to=[], dataloader_num_workers=0, remove_unused_columns=False, use_cpu=not cuda,
-        disable_tqdm=True, save_only_model=False,
+        disable_tqdm=True, save_only_model=False, include_num_input_tokens_seen="non_padding",
     )
 
 
 def train(cfg: TrainConfig, data_dir: Path, reporter=None, resume_from: Path | None = None,
           output_dir: Path | None = None) -> Path | None:
-    """Run the whole job; returns the adapter folder, or None when it was cancelled."""
+    """Run the whole job; returns the adapter (or full model) folder, or None when it was cancelled."""
     started = time.time()
     torch.manual_seed(cfg.seed)
     base_name, model, tokenizer = load_for_training(cfg, data_dir / "models")
     start = starting_adapter(cfg, data_dir / "adapters", base_name, model)
     data = prepare_data(cfg, tokenizer)
     model = add_lora(model, cfg, start)
-    trainable, total = model.get_nb_trainable_parameters()
+    trainable, total = parameter_counts(model)
     checkpoints = Path(output_dir or tempfile.mkdtemp(prefix="arena-train-")) / "checkpoints"
     args = training_arguments(cfg, checkpoints, bool(data.validation))
     cancel_flag = Path(output_dir) / "CANCEL" if output_dir else None
@@ -158,12 +178,19 @@ def train(cfg: TrainConfig, data_dir: Path, reporter=None, resume_from: Path | N
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation or None,
                       data_collator=DataCollator(tokenizer.pad_token_id), callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if not trainer.is_world_process_zero():
         return None
     if progress.cancelled:
         return None
     card = make_card(cfg, base_name, data, trainer, trainable, total, time.time() - started)
+    card["train_seconds"] = round(output.metrics.get("train_runtime", 0.0), 1)
+    card["train_tokens"] = trainer.state.num_input_tokens_seen
+    card["tokens_per_second"] = round(card["train_tokens"] / card["train_seconds"], 1) if card["train_seconds"] else None
+    card["optimizer_state_bytes"] = optimizer_state_bytes(trainer.optimizer)
+    if cfg.method == "full":
+        write = lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp))  # noqa: E731
+        return save_atomically(write, cfg.name, data_dir / "models", card, data_dir / "trash", own_only=True)
     return save_adapter(model, cfg.name, data_dir / "adapters", base_name, card, data_dir / "trash")
 
 
@@ -175,6 +202,7 @@ def _tokens_per_step(train: list, args: TrainingArguments) -> float:
 
 def make_card(cfg, base_name, data: PreparedData, trainer, trainable, total, seconds) -> dict:
     history = trainer.state.log_history
+    memory, memory_kind = peak_memory()
     import peft
     import transformers
 
@@ -193,7 +221,8 @@ def make_card(cfg, base_name, data: PreparedData, trainer, trainable, total, sec
         },
         "trainable_parameters": trainable, "total_parameters": total,
         "trainable_share": trainable / total if total else None,
-        "wall_seconds": round(seconds, 1), "peak_memory_mb": peak_memory_mb(),
+        "wall_seconds": round(seconds, 1), "peak_memory_mb": memory, "peak_memory_kind": memory_kind,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "peft": peft.__version__, "python": platform.python_version()},
@@ -205,28 +234,32 @@ def _best_step(trainer) -> int | None:
     return int(best.rsplit("-", 1)[-1]) if best else None
 
 
-def peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
-
-
 def save_adapter(model, name: str, adapters_dir: Path, base_name: str, card: dict, trash_dir: Path) -> Path:
-    """Write into a dot folder (the registry ignores those), then rename: never a half adapter."""
-    adapters_dir.mkdir(parents=True, exist_ok=True)
-    for stale in adapters_dir.glob(f".saving-{name}-*"):  # left by a save that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".saving-{name}-", dir=adapters_dir))
-    final = adapters_dir / name
-    try:
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         config_path = tmp / "adapter_config.json"
         config = json.loads(config_path.read_text())
         config["base_model_name_or_path"] = base_name  # the Hub id, not this machine's cache path
         config_path.write_text(json.dumps(config, indent=2))
-        (tmp / "arena_card.json").write_text(json.dumps(card, indent=2, default=str))
+
+    return save_atomically(write, name, adapters_dir, card, trash_dir)
+
+
+def save_atomically(write, name: str, parent: Path, card: dict, trash_dir: Path, own_only: bool = False) -> Path:
+    """write(tmp) into a dot folder (the registry ignores those), add the card with the size on disk, then
+    rename: never a half-written result. own_only: refuse to replace a folder this trainer did not write
+    (a full fine-tune must not put the converted default model in the trash)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    final = parent / name
+    if own_only and final.exists() and not (final / CARD_FILE).is_file():
+        raise ArenaError(f"{final} is a model this trainer did not write: give the job another name")
+    for stale in parent.glob(f".saving-{name}-*"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".saving-{name}-", dir=parent))
+    try:
+        write(tmp)
+        card["saved_bytes"] = folder_bytes(tmp)
+        (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
         if final.exists():  # retrained under the same name: keep the old one in the trash
             trash_dir.mkdir(parents=True, exist_ok=True)
             shutil.move(str(final), trash_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -234,8 +267,8 @@ def save_adapter(model, name: str, adapters_dir: Path, base_name: str, card: dic
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno == 28:
-            raise ArenaError(f"the disk is full: could not write adapter '{name}' to {adapters_dir}") from None
-        raise ArenaError(f"could not write adapter '{name}': {exc.strerror or exc}") from None
+            raise ArenaError(f"the disk is full: could not write '{name}' to {parent}") from None
+        raise ArenaError(f"could not write '{name}': {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
