@@ -66,6 +66,7 @@ class EngineConfig:
     adapter_dirs: list[Path] = field(default_factory=list)
     quantization: str | None = None  # None, "4bit" or "8bit" (bitsandbytes, on CUDA or the CPU)
     device: str | None = None  # None picks CUDA when present, else CPU
+    dtype: str | None = None  # "float32" or "bfloat16" for the unquantised weights; None: bf16 on CUDA, fp32 on CPU
     load_adapters: bool = True  # load every compatible adapter at start
 
     def __post_init__(self) -> None:
@@ -73,6 +74,8 @@ class EngineConfig:
         self.adapter_dirs = [Path(d) for d in self.adapter_dirs]
         if self.quantization not in (None, "4bit", "8bit"):
             raise ArenaError(f"unknown quantization '{self.quantization}': use 4bit or 8bit")
+        if self.dtype not in (None, "float32", "bfloat16"):
+            raise ArenaError(f"unknown dtype '{self.dtype}': use float32 or bfloat16")
 
     @property
     def adapters_dir(self) -> Path:

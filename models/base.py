@@ -145,7 +145,7 @@ def usable_quantization(quantization: str | None, device: torch.device, notes: l
 
 
 def load_base(spec: str, models_dir: Path, device: str | None = None,
-              quantization: str | None = None) -> LoadedBase:
+              quantization: str | None = None, dtype: str | None = None) -> LoadedBase:
     """Load tokenizer and model onto one device: CUDA in bf16 with sdpa, else CPU in fp32; the linear
     layers in 4-bit NF4 or 8-bit LLM.int8 when asked (bitsandbytes, on CUDA or the CPU)."""
     start = time.perf_counter()
@@ -153,7 +153,7 @@ def load_base(spec: str, models_dir: Path, device: str | None = None,
     dev = pick_device(device)
     notes: list[str] = []
     quantization = usable_quantization(quantization, dev, notes)
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    dtype = getattr(torch, dtype) if dtype else torch.bfloat16 if dev.type == "cuda" else torch.float32
     offline = hub_offline()
     kwargs = dict(dtype=dtype, attn_implementation="sdpa", local_files_only=offline)
     try:

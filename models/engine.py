@@ -74,7 +74,7 @@ class Engine:
 
     @classmethod
     def load(cls, config: EngineConfig) -> "Engine":
-        base = load_base(config.base, config.models_dir, config.device, config.quantization)
+        base = load_base(config.base, config.models_dir, config.device, config.quantization, config.dtype)
         engine = cls(base, config)
         engine.rescan(load=config.load_adapters)
         return engine
