@@ -25,13 +25,16 @@ def fingerprint(*parts) -> str:
 
 
 def variant_fingerprint(engine, variant: str) -> str:
-    """The base's name for 'base'; for an adapter, its weight file's size and time of change."""
+    """The base's name for 'base'; for an adapter, its weight file's size and time of change. A quantised
+    base answers differently, so its quantisation is part of both (unquantised keys stay as they were)."""
+    quantized = [engine.base.quantization] if getattr(engine.base, "quantization", None) else []
     if variant == "base":
-        return fingerprint(engine.base.name, engine.base.path)
+        return fingerprint(engine.base.name, engine.base.path, *quantized)
     info = {a.name: a for a in engine.adapters()}.get(variant)
     weights = Path(info.path) / "adapter_model.safetensors" if info else None
     stat = weights.stat() if weights and weights.exists() else None
-    return fingerprint(engine.base.name, variant, stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0)
+    return fingerprint(engine.base.name, variant, stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0,
+                       *quantized)
 
 
 class AnswerStore:

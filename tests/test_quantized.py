@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 
+from evaluation.runner import EvalConfig, run_evaluation
 from models import Engine, EngineConfig, SamplingParams
 from tests.app_client import call_args
 
@@ -75,3 +76,13 @@ def test_inference_py_serves_the_8bit_base_with_an_adapter(tmp_path, default_mod
     answers = {row["variant"]: row["text"] for row in map(json.loads, run.stdout.splitlines())}
     assert "Paris" in answers["base"] and "Arr" in answers["pirate"]
     assert "MatMul8bitLt" not in run.stderr  # LLM.int8's per-call log line stays out of the user's way
+
+
+def test_answers_stored_for_the_full_precision_base_are_not_reused_for_the_4bit_one(real_engine, engine_4bit, tmp_path):
+    suite = tmp_path / "one.jsonl"
+    suite.write_text('{"id": "f", "category": "factual", "prompt": "%s", "check": {"type": "contains", "value": "Paris"}}\n'
+                     % FRANCE)
+    cfg = EvalConfig(suite=str(suite), variants=["base", "pirate"], max_new_tokens=12)
+    run_evaluation(real_engine, cfg, tmp_path)
+    quantized = run_evaluation(engine_4bit, cfg, tmp_path)  # same answer store, same case
+    assert len(quantized.results) == 2 and not any(r.reused for r in quantized.results)
