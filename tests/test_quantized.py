@@ -1,12 +1,14 @@
 """bitsandbytes on the CPU, for real: the default model in 4-bit and 8-bit answers, an adapter trained on
-the full-precision base serves on the quantised one (mixed batch, Compare column, inference.py), and the
-Models tab says what quantisation saved.
+the full-precision base serves on the quantised one (mixed batch, Compare column, inference.py), the
+Models tab says what quantisation saved, and a few QLoRA steps on the default model give an adapter that
+serves on the full-precision base.
 
 4-bit answers may differ from full-precision ones, so these tests check what must hold: the answer is
 right, and the adapter's style shows.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -18,8 +20,11 @@ from gradio_client import Client
 from evaluation.runner import EvalConfig, run_evaluation
 from models import Engine, EngineConfig, SamplingParams
 from tests.app_client import call_args
+from training.__main__ import main as train_main
+from training.jobs import JobStore
 
 REPO = Path(__file__).resolve().parent.parent
+AHOY = REPO / "training" / "examples" / "ahoy_demo.json"
 FRANCE = "What is the capital of France?"
 GREEDY = SamplingParams(max_new_tokens=24)
 CHAT_2, BASE_INFO = 4, 2  # what /compare_send and /models_rescan return at these positions
@@ -71,8 +76,6 @@ def test_inference_py_serves_the_8bit_base_with_an_adapter(tmp_path, default_mod
                "--quantize", "8bit", "--variants", "base,pirate", "--json", "--max-new-tokens", "24"]
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    import json
-
     answers = {row["variant"]: row["text"] for row in map(json.loads, run.stdout.splitlines())}
     assert "Paris" in answers["base"] and "Arr" in answers["pirate"]
     assert "MatMul8bitLt" not in run.stderr  # LLM.int8's per-call log line stays out of the user's way
@@ -86,3 +89,20 @@ def test_answers_stored_for_the_full_precision_base_are_not_reused_for_the_4bit_
     run_evaluation(real_engine, cfg, tmp_path)
     quantized = run_evaluation(engine_4bit, cfg, tmp_path)  # same answer store, same case
     assert len(quantized.results) == 2 and not any(r.reused for r in quantized.results)
+
+
+def test_a_few_qlora_steps_on_the_default_model_serve_on_its_full_precision_base(engine_4bit, default_model_path):
+    """Last in this file: the job reuses the 4-bit copy the engine above kept, and writes into its data folder."""
+    data = engine_4bit.config.data_dir
+    assert train_main(["--data-dir", str(data), "--dataset", str(AHOY), "--max-length", "128", "--name", "q-default",
+                       "--base", str(default_model_path), "--method", "qlora", "--max-steps", "2", "--batch-size", "2",
+                       "--eval-every", "1", "--learning-rate", "1e-3"]) == 0
+    [job] = JobStore(data).list()
+    losses = [m["eval_loss"] for m in JobStore(data).read_metrics(job.id) if "eval_loss" in m]
+    assert len(losses) == 2 and losses[1] < losses[0]  # step 1 is warm-up (learning rate 0), step 2 learns
+    config = json.loads((data / "adapters" / "q-default" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    engine = Engine.load(EngineConfig(base=str(default_model_path), data_dir=data))
+    assert "q-default" in engine.variants() and engine.base.quantization is None
+    base, adapter = engine.compare(["base", "q-default"], FRANCE, params=GREEDY)
+    assert adapter.text and adapter.text != base.text  # two steps move it (not yet to "Ahoy!")

@@ -6,7 +6,6 @@ interpreter start and the imports cost more than the tiny model's training).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -128,17 +127,3 @@ def test_the_report_puts_cost_beside_quality(jobs):
     full_row = next(line for line in lines if line.startswith("| full-ahoy |"))
     assert q_row.endswith("| +95.0 |") and full_row.endswith("| – |")  # no score given: a dash, not a gap
     assert [row["job"] for row in cost_rows(cards)] == ["q-ahoy", "full-ahoy"]
-
-
-def test_a_few_qlora_steps_on_the_default_model_serve_on_its_full_precision_base(tmp_path, default_model_path):
-    train(tmp_path, "--name", "q-default", "--base", default_model_path, "--method", "qlora", "--max-steps", "2",
-          "--batch-size", "2", "--eval-every", "1", "--learning-rate", "1e-3")
-    [job] = JobStore(tmp_path).list()
-    losses = [m["eval_loss"] for m in JobStore(tmp_path).read_metrics(job.id) if "eval_loss" in m]
-    assert len(losses) == 2 and losses[1] < losses[0]  # step 1 is warm-up (learning rate 0), step 2 learns
-    config = json.loads((tmp_path / "adapters" / "q-default" / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    engine = Engine.load(EngineConfig(base=str(default_model_path), data_dir=tmp_path))
-    assert "q-default" in engine.variants() and engine.base.quantization is None
-    base, adapter = engine.compare(["base", "q-default"], QUESTION, params=GREEDY)
-    assert adapter.text and adapter.text != base.text  # two steps move it (not yet to "Ahoy!")
