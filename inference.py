@@ -19,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from models import ArenaError, Engine  # noqa: E402
 from kernel.cli import add_engine_args, add_sampling_args, engine_config_from_args, sampling_from_args  # noqa: E402
-from kernel.jsonl import JsonlAppender, load_done, read_jsonl  # noqa: E402
+from kernel.files import JsonlAppender, load_done, read_jsonl  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

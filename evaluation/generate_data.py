@@ -26,8 +26,7 @@ import json_repair
 from pydantic import ValidationError
 
 from kernel.errors import ArenaError
-from kernel.jsonl import JsonlAppender, atomic_write_text, load_done
-from training.files import read_rows, read_text
+from kernel.files import JsonlAppender, atomic_write_text, load_done, read_rows, read_text
 
 from .templates import BUILTIN_TEMPLATES, Template, load_template  # Template, load_template re-exported
 
@@ -96,7 +95,7 @@ def read_texts(path: Path, field_name: str | None) -> list[tuple[int, str]]:
     else each non-empty line of a text file. A row without the field gives "" (rejected as no_text)."""
     path = Path(path)
     if path.suffix.lower() not in (".csv", ".tsv", ".json", ".jsonl"):
-        lines = read_text(path).splitlines()
+        lines = read_text(path, empty_ok=False).splitlines()
         return [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
     if not field_name:
         raise ArenaError(f"{path}: give the field (column or key) that holds the text")

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from models import ArenaError, ChatRequest, Engine
-from kernel.jsonl import JsonlAppender
+from kernel.files import JsonlAppender
 
 from .case import Case
 from .check_types import JUDGE, LIKELIHOOD, check_type, run_check

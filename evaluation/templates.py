@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, StringConstraints, create_model
 
 from kernel.errors import ArenaError
-from training.files import read_text
+from kernel.files import read_text
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]  # an empty answer teaches nothing
 AGREE = "Write a reply that agrees with this review."
@@ -86,7 +86,7 @@ def load_template(spec: str) -> Template:
 
 
 def read_template_file(path: Path) -> dict:
-    text = read_text(path)
+    text = read_text(path, empty_ok=False)
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:

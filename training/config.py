@@ -12,7 +12,7 @@ import yaml
 
 from models.adapters import validate_name
 from kernel.errors import ArenaError
-from kernel.jsonl import atomic_write_text
+from kernel.files import atomic_write_text
 
 FORMATS = ("auto", "text", "alpaca", "sharegpt", "messages", "prompt_completion")
 METHODS = ("lora", "rslora", "dora", "qlora")

@@ -23,7 +23,7 @@ import torch
 
 from kernel.errors import ArenaError
 from training.data import DatasetReport, Example, TokenStats
-from training.files import BadRow
+from kernel.files import BadRow
 
 IGNORE = -100  # the label PyTorch's cross-entropy skips
 

@@ -23,7 +23,7 @@ from typing import Callable
 
 from kernel import sqlite_store
 from kernel.errors import ArenaError
-from kernel.jsonl import atomic_write_text
+from kernel.files import append_record, atomic_write_text, complete_records
 from training.config import TrainConfig
 from training.process_watch import (LOG_TAIL_LINES, died_reason, one_line, process_alive, process_create_time,
                                     tail_lines)
@@ -117,23 +117,6 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
         return None
     found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))]
     return max(found)[1] if found else None
-
-
-def read_json_lines(path: Path) -> list[dict]:
-    """Every complete record; a line still being written (or torn by a kill) is skipped."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return []
-    records = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 # ----- the store ----------------------------------------------------------------------------------
@@ -230,7 +213,7 @@ class JobStore:
     # progress, for the UI
 
     def read_metrics(self, job_id: str) -> list[dict]:
-        return read_json_lines(self.files(job_id).metrics)
+        return complete_records(self.files(job_id).metrics)[0]
 
     def read_progress(self, job_id: str) -> dict | None:
         try:
@@ -299,11 +282,7 @@ class JobReporter:
         atomic_write_text(self.files.progress, json.dumps({"time": time.time(), **values}, default=str))
 
     def metric(self, values: dict) -> None:
-        """One whole line per write, so a reader sees at most a torn last line."""
-        line = json.dumps({"time": time.time(), **values}, ensure_ascii=False, default=str) + "\n"
-        with open(self.files.metrics, "a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
+        append_record(self.files.metrics, {"time": time.time(), **values})
 
     def cancel_requested(self) -> bool:
         return self.files.cancel_flag.exists()

@@ -29,7 +29,7 @@ from training.config import TrainConfig
 
 # The store's names are re-exported: callers import them from here as well as from job_store.
 from .job_store import (ACTIVE, FINAL, STATUSES, CommandBuilder, Job, JobFiles, JobReporter, JobStore,  # noqa: F401
-                        latest_checkpoint, read_json_lines, utc_now_iso)
+                        latest_checkpoint, utc_now_iso)
 from .process_watch import DIED, died_reason, last_error_line, process_alive, process_create_time, tail_lines  # noqa: F401
 
 log = logging.getLogger(__name__)
