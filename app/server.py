@@ -41,7 +41,7 @@ def make_context(engine: Engine, settings: AppSettings) -> AppContext:
     jobs = None if settings.public else JobRunner(engine.config.data_dir, on_finished=_serve_new_adapter(engine))
     if jobs is not None:
         jobs.start()  # re-attaches to jobs still running from before a restart
-    votes = VoteStore(engine.config.data_dir / "votes.sqlite")
+    votes = VoteStore(engine.config.paths.votes_db)
     return AppContext(engine=engine, settings=settings, votes=votes, search=search, jobs=jobs,
                       evals=EvalTasks(engine, engine.config.data_dir),
                       ballots=VoteRule(votes, per_minute=settings.votes_per_minute),

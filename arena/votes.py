@@ -15,9 +15,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kernel import sqlite_store
+from kernel.data_dir import DataDir
 from kernel.errors import ArenaError
 
-VOTES_FILENAME = "votes.sqlite"
 SCHEMA_VERSION = 1
 WINNERS = ("a", "b", "tie", "both_bad")
 MODES = ("arena", "compare")
@@ -116,7 +116,7 @@ class VoteStore:
     @classmethod
     def in_data_dir(cls, data_dir: str | Path) -> "VoteStore":
         """The app's store: DATA/votes.sqlite."""
-        return cls(Path(data_dir) / VOTES_FILENAME)
+        return cls(DataDir(data_dir).votes_db)
 
     def add(self, vote: Vote) -> int:
         """Store a vote; fills in `vote.created` (if unset) and `vote.id`, and returns the id."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from .config import EngineConfig, SamplingParams, resolve_data_dir
+from .config import EngineConfig, SamplingParams
+from .data_dir import resolve_data_dir
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:

@@ -171,6 +171,7 @@ KILLED_SAVE = textwrap.dedent('''
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from kernel.data_dir import DataDir
     from training.trainer import save_adapter
 
     base, adapters, limit = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
@@ -181,7 +182,7 @@ KILLED_SAVE = textwrap.dedent('''
         signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    save_adapter(model, "ahoy", adapters, "tiny-llama", {"note": "never finished"}, adapters.parent / "trash")
+    save_adapter(model, "ahoy", DataDir(adapters.parent), "tiny-llama", {"note": "never finished"})
     print("saved: the size limit did not bite")
 ''')
 

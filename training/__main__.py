@@ -13,7 +13,8 @@ import sys
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
 
-from kernel.config import ArenaError, resolve_data_dir  # noqa: E402
+from kernel.data_dir import DataDir, resolve_data_dir  # noqa: E402
+from kernel.errors import ArenaError  # noqa: E402
 
 from .config import TrainConfig  # noqa: E402
 
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
         if is_main_process():
             reporter = JobReporter(data_dir, args.job_id)
             reporter.running()
-        job_folder = data_dir / "jobs" / args.job_id if args.job_id else None
+        job_folder = DataDir(data_dir).job(args.job_id) if args.job_id else None
         resume_from = None
         if args.resume:
             resume_from = latest_checkpoint(cfg.extra.get("resume_from", ""))

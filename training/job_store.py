@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from kernel import sqlite_store
+from kernel.data_dir import DataDir
 from kernel.errors import ArenaError
 from kernel.files import append_record, atomic_write_text, complete_records
 from training.config import TrainConfig
@@ -29,7 +30,6 @@ from training.process_watch import (LOG_TAIL_LINES, died_reason, one_line, proce
                                     tail_lines)
 
 
-JOBS_FILENAME = "jobs.sqlite"
 SCHEMA_VERSION = 1
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -94,7 +94,7 @@ class JobFiles:
 
     @classmethod
     def of(cls, data_dir: str | Path, job_id: str) -> "JobFiles":
-        folder = Path(data_dir) / "jobs" / job_id
+        folder = DataDir(data_dir).job(job_id)
         return cls(folder, folder / "job.yaml", folder / "train.log", folder / "metrics.jsonl",
                    folder / "progress.json", folder / "checkpoints", folder / "CANCEL")
 
@@ -126,9 +126,10 @@ class JobStore:
 
     def __init__(self, data_dir: str | Path):
         self.data_dir = Path(data_dir).expanduser().resolve()  # absolute: the command runs in the repo root
-        self.path = self.data_dir / JOBS_FILENAME
+        self.paths = DataDir(self.data_dir)
+        self.path = self.paths.jobs_db
         try:
-            (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
+            self.paths.jobs.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ArenaError(f"cannot create jobs folder in {self.data_dir}: {exc.strerror}") from None
         self._migrate()

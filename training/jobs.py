@@ -269,7 +269,7 @@ class JobRunner:
         return "failed", NO_ADAPTER
 
     def _adapter_dir(self, job: Job) -> Path:
-        return self.store.data_dir / "adapters" / job.name
+        return self.store.paths.adapter(job.name)
 
     def _notify(self, job: Job) -> Job:
         if self.on_finished is not None:
