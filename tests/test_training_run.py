@@ -267,7 +267,7 @@ def test_e_bad_input_is_one_clear_error_before_training(tmp_path, tiny_model_pat
     options = [o.replace("{tmp}", str(tmp_path)) for o in options]
     check = [] if case in THROUGH_TRAINING else ["--check"]
     run = train_command(data, "--dataset", dataset, "--name", "bad", "--base", tiny_model_path, *options, *check)
-    assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
+    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]  # kernel.cli: a user error exits 2
     last_line = run.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error:") and message in last_line, last_line
     assert "Traceback" not in run.stderr
