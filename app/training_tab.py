@@ -14,7 +14,8 @@ from kernel.errors import ArenaError
 from kernel.paths import owned_file
 from models.adapters import validate_name
 from training.check import check_dataset
-from training.jobs import FINAL, shell_command
+from training.job_store import FINAL
+from training.jobs import shell_command
 from training.resources import check_device_memory
 
 from .access import Need, needs

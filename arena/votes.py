@@ -11,10 +11,10 @@ import json
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from kernel import sqlite_store
+from kernel.clock import utc_now_iso
 from kernel.data_dir import DataDir
 from kernel.errors import ArenaError
 
@@ -96,10 +96,6 @@ def check_conversation(messages, label: str) -> None:
         raise ArenaError(f"vote: {label} must end with the assistant's answer, not a {messages[-1]['role']} message")
     if not any(m["role"] == "user" for m in messages):
         raise ArenaError(f"vote: {label} has no user message")
-
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 class VoteStore:

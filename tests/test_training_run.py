@@ -22,7 +22,9 @@ from models import Engine, EngineConfig, SamplingParams
 from models.adapters import scan
 from tests.helpers import wait_for
 from training.config import TrainConfig
-from training.jobs import JobRunner, JobStore, latest_checkpoint, process_alive
+from training.job_store import JobStore, latest_checkpoint
+from training.jobs import JobRunner
+from training.process_watch import process_alive
 
 REPO = Path(__file__).resolve().parent.parent
 AHOY = REPO / "training" / "examples" / "ahoy_demo.json"

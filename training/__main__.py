@@ -64,9 +64,10 @@ def register_headless(cfg: TrainConfig, data_dir) -> str:
     creates it and tells the others its id: every rank checkpoints into, and watches CANCEL in,
     that job's folder (else the other ranks would train into a temp folder and never see a cancel)."""
     from .job_store import JobStore
+    from .jobs import job_command
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return JobStore(data_dir).create(cfg).id
+        return JobStore(data_dir).create(cfg, job_command).id
     from datetime import timedelta
 
     import torch
@@ -75,7 +76,7 @@ def register_headless(cfg: TrainConfig, data_dir) -> str:
 
     # The process group the Trainer would start anyway, with TrainingArguments' default ddp_timeout.
     PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=1800))
-    box = [JobStore(data_dir).create(cfg).id if is_main_process() else None]
+    box = [JobStore(data_dir).create(cfg, job_command).id if is_main_process() else None]
     return broadcast_object_list(box, from_process=0)[0]
 
 

@@ -17,11 +17,11 @@ import sqlite3
 import time
 from contextlib import closing
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from kernel import sqlite_store
+from kernel.clock import utc_now_iso
 from kernel.data_dir import DataDir
 from kernel.errors import ArenaError
 from kernel.files import append_record, atomic_write_text, complete_records
@@ -101,10 +101,6 @@ class JobFiles:
 
 # ----- small helpers ------------------------------------------------------------------------------
 
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
 def new_job_id() -> str:
     """Sorts by creation time; the random tail keeps two jobs of the same second apart."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
@@ -137,14 +133,9 @@ class JobStore:
     def files(self, job_id: str) -> JobFiles:
         return JobFiles.of(self.data_dir, job_id)
 
-    def create(self, config: TrainConfig, resume_of: str | None = None,
-               command_builder: CommandBuilder | None = None) -> Job:
-        """A queued job: its folder and job.yaml are written before it is visible to the scheduler.
-        Without a command builder it records the runner's default command, so a headless job can rerun."""
-        if command_builder is None:
-            from training.jobs import job_command  # the runner's module imports this one
-
-            command_builder = job_command
+    def create(self, config: TrainConfig, command_builder: CommandBuilder, resume_of: str | None = None) -> Job:
+        """A queued job: its folder and job.yaml are written before it is visible to the scheduler. The command
+        that runs it (`training.jobs.job_command` unless a test says otherwise) is recorded, so it can rerun."""
         config.validate()
         job = Job(id=new_job_id(), name=config.name, status="queued", config=config.to_dict(),
                   created=utc_now_iso(), resume_of=resume_of)

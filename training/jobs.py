@@ -24,13 +24,12 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+from kernel.clock import utc_now_iso
 from kernel.errors import ArenaError
 from training.config import TrainConfig
 
-# The store's names are re-exported: callers import them from here as well as from job_store.
-from .job_store import (ACTIVE, FINAL, STATUSES, CommandBuilder, Job, JobFiles, JobReporter, JobStore,  # noqa: F401
-                        latest_checkpoint, utc_now_iso)
-from .process_watch import DIED, died_reason, last_error_line, process_alive, process_create_time, tail_lines  # noqa: F401
+from .job_store import ACTIVE, CommandBuilder, Job, JobFiles, JobStore, latest_checkpoint
+from .process_watch import died_reason, last_error_line, process_alive, process_create_time, tail_lines
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +146,7 @@ class JobRunner:
         if busy:
             raise ArenaError(f"adapter '{config.name}' is already being trained (job {busy[0]}); "
                              "wait for it or cancel it first")
-        job = self.store.create(config, resume_of, self.command_builder)
+        job = self.store.create(config, self.command_builder, resume_of)
         self._wake.set()
         return job
 
