@@ -49,7 +49,8 @@ def make_context(engine: Engine, settings: AppSettings) -> AppContext:
 
 
 def _serve_new_adapter(engine: Engine):
-    """When a job succeeds, its adapter answers in Compare and Arena at once, no restart."""
+    """When a job succeeds, its adapter answers in Compare and Arena at once, no restart. Called on the job
+    runner's hook thread, not its scheduler: loading the adapter waits for the device."""
     def on_finished(job) -> None:
         if job.status != "succeeded":
             return

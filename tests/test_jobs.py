@@ -190,7 +190,25 @@ def test_cancel_queued_job_at_once(make_runner):
     runner = make_runner(on_finished=ended.append)  # not started: nothing runs
     job = runner.submit(fake_config("waiting", "succeed"))
     assert runner.cancel(job.id).status == "cancelled"
-    assert [j.id for j in ended] == [job.id]
+    wait_for(lambda: [j.id for j in ended] == [job.id], what="on_finished for the cancelled job")
+
+
+def test_a_finished_job_waiting_for_the_device_holds_up_no_other_job(make_runner, tiny_engine):
+    """The app's hook reloads a retrained adapter, which waits while a long generation holds the device;
+    meanwhile the next job still starts, and a cancel it ignores is still enforced."""
+    from app.server import _serve_new_adapter
+
+    serve, heard = _serve_new_adapter(tiny_engine), []
+    runner = make_runner(on_finished=lambda job: (heard.append(job.id), serve(job)), cancel_grace_s=0.3,
+                         kill_grace_s=0.3)
+    with tiny_engine.device.hold():  # the long generation
+        runner.start()
+        retrained = runner.submit(fake_config("a1", "succeed"))  # the engine serves an a1: the hook reloads it
+        wait_for(lambda: retrained.id in heard, what="the hook to be called")  # and it now waits for the device
+        stubborn = runner.submit(fake_config("stubborn", "stubborn"))
+        wait_for(lambda: runner.store.read_progress(stubborn.id), what="the next job to start")
+        runner.cancel(stubborn.id)
+        assert wait_until_ended(runner.store, stubborn.id, timeout=10).status == "cancelled"
 
 
 def test_killed_process_is_marked_died(make_runner):
