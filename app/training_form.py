@@ -5,13 +5,10 @@ from dataclasses import dataclass, fields
 
 import gradio as gr
 
-from training.config import FORMATS, METHODS, SCHEDULERS, TrainConfig
+from training.config import FORMATS, METHODS, QUICK_CPU_DEMO, SCHEDULERS, TrainConfig
 
 from .access import Need, needs
 
-QUICK_CPU_DEMO = dict(method="lora", rank=16, alpha=32, dropout=0.05, target_modules="attention",
-                      learning_rate=1e-3, lr_scheduler="cosine", epochs=5.0, max_steps=-1, batch_size=4,
-                      grad_accum=1, max_length=256, eval_every=9, early_stopping_patience=0)
 NEW = "a new LoRA"  # init_adapter's "none": the other choices are adapter names
 PRESETS = {"Quick CPU demo (a few minutes on the default model)": QUICK_CPU_DEMO, "Custom": {}}
 

@@ -22,11 +22,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from app.training_form import QUICK_CPU_DEMO  # noqa: E402  the preset the README's walkthrough uses
 from bench.bench_engine import write_json  # noqa: E402
 from kernel.config import resolve_data_dir  # noqa: E402
 from models.base import resolve_base  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
+from training.config import QUICK_CPU_DEMO, TrainConfig  # noqa: E402  the preset the README's walkthrough uses
 from training.cost import cost_markdown, read_card  # noqa: E402
 
 DATASET = REPO / "training" / "examples" / "ahoy_demo.json"
@@ -68,7 +67,10 @@ def train_all(data: Path, base: str, log: Path) -> dict[str, list]:
         cfg = TrainConfig(name=name, dataset=str(DATASET), base=base, **{**QUICK_CPU_DEMO, **changes})
         before = os.getloadavg()
         print(f"training {name} ...", file=sys.stderr, flush=True)
-        run([sys.executable, "-m", "training", "--data-dir", str(data), *cfg.cli_args()], log)
+        job_file = data / "cost-jobs" / f"{name}.yaml"  # a job file, as the Training tab saves one
+        job_file.parent.mkdir(parents=True, exist_ok=True)
+        cfg.save(job_file)
+        run([sys.executable, "-m", "training", "--data-dir", str(data), "--config", str(job_file)], log)
         load[name] = [before[0], os.getloadavg()[0]]
     return load
 

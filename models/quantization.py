@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from kernel.cli import quiet_library_loggers
 from kernel.errors import ArenaError
 
 log = logging.getLogger(__name__)
@@ -27,12 +28,9 @@ QUANTIZATIONS = ("4bit", "8bit")
 DEVICES = ("cpu", "cuda")  # where bitsandbytes has kernels for both kinds
 QUANTIZED_DIR = ".quantized"  # under DATA/models: quantised copies of local bases (a dot folder: no base of its own)
 
-# On AVX512-BF16 CPUs bitsandbytes asks the optional `kernels` package for a faster 4-bit kernel,
-# which it downloads from the Hugging Face Hub at run time: offline that can never work, and the
-# built-in kernel it falls back to is the one measured in bench/. Its warning on every import is noise.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-# LLM.int8 quantises its inputs through fp16 and logs so on every layer call; that is the method, not a fault.
-logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+# bitsandbytes' warnings about the missing `kernels` package and LLM.int8's fp16 casts are noise, also
+# for code that uses the engine without a command line (the app, the tests); before bitsandbytes is imported.
+quiet_library_loggers()
 
 
 def bnb_available() -> bool:

@@ -29,10 +29,10 @@ import torch
 from models.quantization import QUANTIZED_DIR, keep_trainable, load_quantized  # noqa: I001
 from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, Trainer, TrainingArguments
 
+from kernel.data_dir import DataDir
+from kernel.errors import ArenaError, first_line
 from models import adapters as registry
-from kernel.errors import first_line
 from models.base import LoadedBase, hub_offline, resolve_base
-from kernel.errors import ArenaError
 
 from .callbacks import ProgressCallback
 from .config import TrainConfig
@@ -164,8 +164,9 @@ def train(cfg: TrainConfig, data_dir: Path, reporter=None, resume_from: Path | N
     """Run the whole job; returns the adapter (or full model) folder, or None when it was cancelled."""
     started = time.time()
     torch.manual_seed(cfg.seed)
-    base_name, model, tokenizer = load_for_training(cfg, data_dir / "models")
-    start = starting_adapter(cfg, data_dir / "adapters", base_name, model)
+    paths = DataDir(data_dir)
+    base_name, model, tokenizer = load_for_training(cfg, paths.models)
+    start = starting_adapter(cfg, paths.adapters, base_name, model)
     data = prepare_data(cfg, tokenizer)
     model = add_lora(model, cfg, start)
     trainable, total = parameter_counts(model)
@@ -190,8 +191,8 @@ def train(cfg: TrainConfig, data_dir: Path, reporter=None, resume_from: Path | N
     card["optimizer_state_bytes"] = optimizer_state_bytes(trainer.optimizer)
     if cfg.method == "full":
         write = lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp))  # noqa: E731
-        return save_atomically(write, cfg.name, data_dir / "models", card, data_dir / "trash", own_only=True)
-    return save_adapter(model, cfg.name, data_dir / "adapters", base_name, card, data_dir / "trash")
+        return save_atomically(write, cfg.name, paths.models, card, paths, own_only=True)
+    return save_adapter(model, cfg.name, paths, base_name, card)
 
 
 def _tokens_per_step(train: list, args: TrainingArguments) -> float:
@@ -234,7 +235,7 @@ def _best_step(trainer) -> int | None:
     return int(best.rsplit("-", 1)[-1]) if best else None
 
 
-def save_adapter(model, name: str, adapters_dir: Path, base_name: str, card: dict, trash_dir: Path) -> Path:
+def save_adapter(model, name: str, paths: DataDir, base_name: str, card: dict) -> Path:
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         config_path = tmp / "adapter_config.json"
@@ -242,10 +243,10 @@ def save_adapter(model, name: str, adapters_dir: Path, base_name: str, card: dic
         config["base_model_name_or_path"] = base_name  # the Hub id, not this machine's cache path
         config_path.write_text(json.dumps(config, indent=2))
 
-    return save_atomically(write, name, adapters_dir, card, trash_dir)
+    return save_atomically(write, name, paths.adapters, card, paths)
 
 
-def save_atomically(write, name: str, parent: Path, card: dict, trash_dir: Path, own_only: bool = False) -> Path:
+def save_atomically(write, name: str, parent: Path, card: dict, paths: DataDir, own_only: bool = False) -> Path:
     """write(tmp) into a dot folder (the registry ignores those), add the card with the size on disk, then
     rename: never a half-written result. own_only: refuse to replace a folder this trainer did not write
     (a full fine-tune must not put the converted default model in the trash)."""
@@ -261,8 +262,7 @@ def save_atomically(write, name: str, parent: Path, card: dict, trash_dir: Path,
         card["saved_bytes"] = folder_bytes(tmp)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
         if final.exists():  # retrained under the same name: keep the old one in the trash
-            trash_dir.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(final), trash_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            paths.move_to_trash(final)
         os.replace(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
