@@ -96,3 +96,25 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def serve_page(proc, port: int, timeout: float = 120.0) -> str:
+    """The app's front page once the process `proc` serves it on `port`; fail with its output if it exits."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.5)
+    raise AssertionError(f"the app did not serve a page within {timeout:.0f} s")
+
+
+def one_line_error(proc, code: int) -> str:
+    """The single stderr line of a command that refused its input with exit code `code`."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == code, (proc.returncode, proc.stderr[-3000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    return lines[0]
