@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 import gradio as gr
 from starlette.middleware import Middleware
 
 from evaluation.endpoints import parse_judge_endpoints
+from evaluation.store import STORE_FILENAME, AnswerStore
 from evaluation.tasks import EvalTasks
 from arena.ballots import VoteRule
 from arena.votes import VoteStore
-from models import ArenaError, Engine, EngineConfig
-from kernel.cli import add_engine_args, engine_config_from_args
+from models import Engine, EngineConfig
+from kernel.cli import Parser, add_engine_args, engine_config_from_args, run_main
 from chat.search import WebSearch, provider_from_settings
 from training.jobs import JobRunner
 
@@ -36,12 +36,14 @@ footer { display: none !important; }
 
 
 def make_context(engine: Engine, settings: AppSettings) -> AppContext:
+    """Every store is opened here, at start: a corrupt or newer file is refused now, in one line."""
+    votes = VoteStore(engine.config.data_dir / "votes.sqlite")
+    AnswerStore(engine.config.data_dir / STORE_FILENAME)  # evaluation runs open it again when they start
     provider = provider_from_settings(settings.search_provider, settings.searxng_url)
     search = WebSearch(provider, timeout_s=settings.search_timeout_s) if provider is not None else None
     jobs = None if settings.public else JobRunner(engine.config.data_dir, on_finished=_serve_new_adapter(engine))
     if jobs is not None:
         jobs.start()  # re-attaches to jobs still running from before a restart
-    votes = VoteStore(engine.config.data_dir / "votes.sqlite")
     return AppContext(engine=engine, settings=settings, votes=votes, search=search, jobs=jobs,
                       evals=EvalTasks(engine, engine.config.data_dir),
                       ballots=VoteRule(votes, per_minute=settings.votes_per_minute),
@@ -103,7 +105,7 @@ def launch(ctx: AppContext, **kwargs) -> tuple[gr.Blocks, str]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="LoRA Arena web app")
+    parser = Parser(prog="arena.py", description="LoRA Arena web app")
     parser.add_argument("--host", default=None, help="default 127.0.0.1 (0.0.0.0 on Spaces)")
     parser.add_argument("--port", type=int, default=None, help="default 7860")
     parser.add_argument("--auth", default=None,
@@ -122,16 +124,16 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own health checks, one line each
     args = parse_args(argv)
-    try:
-        endpoints = parse_judge_endpoints(args.judge_endpoint) if args.judge_endpoint else None
-        settings = AppSettings.from_env(host=args.host, port=args.port, public=args.public,
-                                        auth=AppSettings.parse_auth(args.auth), judge_endpoints=endpoints)
-        config: EngineConfig = engine_config_from_args(args)
-        engine = Engine.load(config)
-    except ArenaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_main(lambda: serve(args))
+
+
+def serve(args: argparse.Namespace) -> None:
+    endpoints = parse_judge_endpoints(args.judge_endpoint) if args.judge_endpoint else None
+    settings = AppSettings.from_env(host=args.host, port=args.port, public=args.public,
+                                    auth=AppSettings.parse_auth(args.auth), judge_endpoints=endpoints)
+    config: EngineConfig = engine_config_from_args(args)
+    engine = Engine.load(config)
+    ctx = make_context(engine, settings)
     log.info("serving %s with %d adapters on http://%s:%d", engine.base.name, len(engine.variants()) - 1,
              settings.host, settings.port)
-    launch(make_context(engine, settings))
-    return 0
+    launch(ctx)

@@ -20,14 +20,16 @@ from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from kernel.cli import add_engine_args, engine_config_from_args  # noqa: E402
+from kernel.cli import Parser, add_engine_args, engine_config_from_args, run_main  # noqa: E402
 from kernel.errors import ArenaError  # noqa: E402
 
 from .numbers import LM_EVAL_FLEXIBLE, MODES  # noqa: E402
 
+PROG = "python -m evaluation"
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run variants over a suite and write a report")
     run.add_argument("--suite", required=True, help="JSONL suite (see evaluation/suites/)")
@@ -77,6 +79,8 @@ def command_run(args, engine) -> None:
     cfg = EvalConfig(suite=args.suite, variants=[v.strip() for v in args.variants.split(",") if v.strip()],
                      judge=args.judge, max_new_tokens=args.max_new_tokens, limit=args.limit,
                      categories=args.categories.split(",") if args.categories else None, stages=args.stages)
+    if args.report and os.path.isdir(args.report):
+        raise ArenaError(f"--report {args.report} is a folder: give a file name")
     judge = judge_from_spec(args.judge, engine) if args.judge else None
     run = run_with_progress_bar(engine, cfg, judge)
     paths = write_report(run, args.report)
@@ -147,23 +151,19 @@ def command_import(args) -> None:
     print(imported.summary(Path(args.output)))
 
 
+def run(args) -> None:
+    if args.command in ("score", "import"):  # answers and files only: no model is loaded
+        {"score": command_score, "import": command_import}[args.command](args)
+        return
+    from models import Engine
+
+    engine = Engine.load(engine_config_from_args(args))
+    {"run": command_run, "generate-data": command_generate}[args.command](args, engine)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        if args.command in ("score", "import"):  # answers and files only: no model is loaded
-            {"score": command_score, "import": command_import}[args.command](args)
-            return 0
-        from models import Engine
-
-        engine = Engine.load(engine_config_from_args(args))
-        {"run": command_run, "generate-data": command_generate}[args.command](args, engine)
-    except ArenaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: stored answers are reused when you run it again", file=sys.stderr)
-        return 130
-    return 0
+    return run_main(lambda: run(args), interrupted="interrupted: stored answers are reused when you run it again")
 
 
 if __name__ == "__main__":

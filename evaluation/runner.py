@@ -19,7 +19,7 @@ from .case import Case
 from .check_types import JUDGE, LIKELIHOOD, check_type, run_check
 from .checks import CheckResult, case_passed, score_choice
 from .results import CaseResult, EvalConfig, EvalRun, mean_score, turn_id  # noqa: F401 (imported from here too)
-from .store import AnswerStore, fingerprint, variant_fingerprint
+from .store import STORE_FILENAME, AnswerStore, fingerprint, variant_fingerprint
 from .suite import load_suite
 
 TOOLS_INSTRUCTION = ("You can call functions. To call one, answer only with JSON like "
@@ -67,7 +67,7 @@ def run_evaluation(engine: Engine, cfg: EvalConfig, data_dir: Path, judge=None, 
                   notes=[(n.line, n.reason) for n in loaded.notes])
     run.run_dir = Path(data_dir) / "evaluations" / f"{time.strftime('%Y%m%d-%H%M%S')}-{loaded.name}"
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    store = AnswerStore(Path(data_dir) / "eval.sqlite")
+    store = AnswerStore(Path(data_dir) / STORE_FILENAME)
     weights = {v: variant_fingerprint(engine, v) for v in cfg.variants}
     progress = progress or Progress()
     with JsonlAppender(run.run_dir / "answers.jsonl") as out:

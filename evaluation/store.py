@@ -9,11 +9,12 @@ import hashlib
 import json
 import sqlite3
 import threading
-from contextlib import closing
 from pathlib import Path
+from typing import ContextManager
 
 from kernel import sqlite_store
 
+STORE_FILENAME = "eval.sqlite"  # in the data folder
 SCHEMA_VERSION = 1
 SCHEMA = """CREATE TABLE IF NOT EXISTS answers (
     key TEXT PRIMARY KEY, variant TEXT, case_id TEXT, answer TEXT, stats TEXT, created TEXT);"""
@@ -41,7 +42,7 @@ class AnswerStore:
         self._lock = threading.Lock()
         sqlite_store.migrate(self.path, "answer store", SCHEMA, SCHEMA_VERSION)
 
-    def _connect(self) -> closing[sqlite3.Connection]:
+    def _connect(self) -> ContextManager[sqlite3.Connection]:
         return sqlite_store.connect(self.path, "answer store")
 
     def get(self, key: str) -> tuple[str, dict] | None:

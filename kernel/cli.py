@@ -1,10 +1,54 @@
-"""Command-line options shared by inference.py, the app, training and evaluation."""
+"""Command-line options shared by inference.py, the app, training and evaluation, and how they fail.
+
+Every command ends a bad input the same way: one line `error: ...` on stderr and a non-zero exit
+code, never a traceback, whether argparse, our own checks or an unforeseen exception found it.
+"""
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+import traceback
+from typing import Callable, NoReturn
 
 from .config import EngineConfig, SamplingParams, resolve_data_dir
+from .errors import ArenaError, first_line
+
+EXIT_BAD_INPUT = 2  # argparse's own code for a usage error; our commands use it for every bad input
+EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C
+DEBUG_ENV = "ARENA_DEBUG"  # set to 1 to see the traceback of an unforeseen error
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (the full usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+
+
+def run_main(body: Callable[[], int | None], *, interrupted: str = "interrupted",
+             bad_input_code: int = EXIT_BAD_INPUT, on_failure: Callable[[str], None] | None = None) -> int:
+    """Run a command's body and turn whatever it raises into one line on stderr and an exit code.
+
+    `on_failure(message)` runs before returning a failure (a training job records why it failed).
+    """
+    code = bad_input_code
+    try:
+        return body() or 0
+    except KeyboardInterrupt:
+        message, code = "interrupted", EXIT_INTERRUPTED
+        print(interrupted, file=sys.stderr)
+    except ArenaError as exc:
+        message = str(exc)
+        print(f"error: {message}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - a bug still gets one line; ARENA_DEBUG=1 shows where
+        message, code = f"{type(exc).__name__}: {first_line(exc)}", 1
+        if os.environ.get(DEBUG_ENV):
+            traceback.print_exc()
+        print(f"error: unexpected {message} (set {DEBUG_ENV}=1 to see where)", file=sys.stderr)
+    if on_failure is not None:
+        on_failure(message)
+    return code
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +78,7 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int = 256
     group.add_argument("--top-p", type=float, default=1.0)
     group.add_argument("--top-k", type=int, default=0, help="0 = off")
     group.add_argument("--repetition-penalty", type=float, default=1.0)
-    group.add_argument("--seed", type=int, default=None)
+    group.add_argument("--seed", type=int, default=None, help="a whole number from 0 to 2**32 - 1")
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingParams:

@@ -6,24 +6,27 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import ArenaError
+from . import files
+from .errors import ArenaError, write_error
+from .files import too_long
+
+MAX_JSONL_BYTES = 256 * 2**20  # read whole into memory
+MAX_LINE_CHARS = 2**20  # one record: a prompt, an answer or a vote's conversation
 
 
-def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def read_jsonl(path: Path, max_bytes: int = MAX_JSONL_BYTES,
+               max_line_chars: int = MAX_LINE_CHARS) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line; a bad line raises naming file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise ArenaError(f"{path}: no such file")
     rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise ArenaError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(files.read_text(path, max_bytes).splitlines(), 1):
         if not line.strip():
             continue
+        reason = too_long(len(line), max_line_chars)
+        if reason:
+            raise ArenaError(f"{path} line {number}: {reason}")
         try:
-            obj = json.loads(line)
+            obj = files.parse_json(line)
         except ValueError as exc:
             raise ArenaError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
@@ -35,31 +38,50 @@ def read_jsonl(path: Path) -> list[tuple[int, dict]]:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temp file beside the target, then rename: readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    if path.is_dir():
+        raise ArenaError(f"{path} is a folder: give a file name")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(exc, path) from None
         raise
 
 
 def load_done(path: Path) -> list[dict]:
-    """Complete records of an earlier, possibly interrupted run; a torn last line is dropped."""
+    """Complete records of an earlier, possibly interrupted run; a torn last line is dropped.
+
+    Any other line that is not a JSON object means the file is not one this program wrote: it is
+    refused, never rewritten, so pointing the output at someone else's file loses nothing.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ArenaError(f"{path} is a folder: give a file name")
     if not path.is_file():
         return []
-    records, torn = [], False
-    for line in path.read_text(encoding="utf-8").splitlines():
+    lines = files.read_text(path, MAX_JSONL_BYTES).splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
+            record = files.parse_json(line)
         except ValueError:
-            torn = True  # killed mid-write: redo that record
-    if torn:
+            if number == len(lines):
+                continue  # torn by a kill mid-write
+            record = None
+        if not isinstance(record, dict):
+            raise ArenaError(f"{path} line {number} is not a record this program wrote: "
+                             "choose another output file")
+        records.append(record)
+    if len(records) < len(lines):  # killed mid-write: redo that record
         atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return records
 
@@ -68,16 +90,28 @@ class JsonlAppender:
     """Appends one record per line and flushes it, so an interrupted run loses at most one line."""
 
     def __init__(self, path: Path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(path, "a", encoding="utf-8")
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise ArenaError(f"{self.path} is a folder: give a file name")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise write_error(exc, self.path) from None
 
     def write(self, record: dict) -> None:
-        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
+        try:
+            self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+        except OSError as exc:
+            raise write_error(exc, self.path) from None
 
     def close(self) -> None:
-        self.handle.close()
+        try:
+            self.handle.close()
+        except OSError:
+            pass  # only after a failed write, which already said why
 
     def __enter__(self):
         return self

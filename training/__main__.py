@@ -13,6 +13,7 @@ import sys
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
 
+from kernel.cli import Parser, run_main  # noqa: E402
 from kernel.config import ArenaError, resolve_data_dir  # noqa: E402
 
 from .config import TrainConfig  # noqa: E402
@@ -35,8 +36,11 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=field.name, default=None)
 
 
+PROG = "python -m training"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="a job.yaml; options given here override it")
     parser.add_argument("--data-dir", default=None, help="default $ARENA_DATA_DIR or ./arena_data")
     parser.add_argument("--job-id", default=None, help="(set by the app) the job record to report to")
@@ -78,53 +82,51 @@ def register_headless(cfg: TrainConfig, data_dir) -> str:
     return broadcast_object_list(box, from_process=0)[0]
 
 
+def run(args: argparse.Namespace, job: dict) -> None:
+    """Check, register (when run by hand) and train; `job["reporter"]` is set once a record exists."""
+    data_dir = resolve_data_dir(args.data_dir)
+    cfg = build_config(args)
+    from .check import check_targets
+
+    check_targets(cfg, data_dir / "models")  # before a job record exists: a typo leaves none behind
+    if args.check:
+        from .check import print_check
+
+        print_check(cfg, data_dir)
+        return
+    from .job_store import JobReporter, latest_checkpoint
+    from .trainer import train
+
+    if args.job_id is None:  # headless
+        args.job_id = register_headless(cfg, data_dir)
+    if is_main_process():
+        job["reporter"] = reporter = JobReporter(data_dir, args.job_id)
+        reporter.running()
+    job_folder = data_dir / "jobs" / args.job_id if args.job_id else None
+    resume_from = None
+    if args.resume:
+        resume_from = latest_checkpoint(cfg.extra.get("resume_from", ""))
+        if resume_from is None:
+            raise ArenaError(f"no checkpoint to resume from in {cfg.extra.get('resume_from')}")
+    adapter = train(cfg, data_dir, reporter=job.get("reporter"), resume_from=resume_from, output_dir=job_folder)
+    if job.get("reporter") is not None:
+        if adapter is None:
+            job["reporter"].cancelled()
+            print("cancelled: the last checkpoint is kept; resume the job to continue")
+        else:
+            job["reporter"].succeeded(adapter)
+            print(f"adapter saved to {adapter}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    reporter = None
-    try:
-        data_dir = resolve_data_dir(args.data_dir)
-        cfg = build_config(args)
-        if args.check:
-            from .check import print_check
+    job: dict = {}  # the run's JobReporter, once there is a job record to report a failure to
 
-            print_check(cfg, data_dir)
-            return 0
-        from .job_store import JobReporter, latest_checkpoint
-        from .trainer import train
+    def record_failure(message: str) -> None:
+        if job.get("reporter") is not None:
+            job["reporter"].failed(message)
 
-        if args.job_id is None:  # headless
-            args.job_id = register_headless(cfg, data_dir)
-        if is_main_process():
-            reporter = JobReporter(data_dir, args.job_id)
-            reporter.running()
-        job_folder = data_dir / "jobs" / args.job_id if args.job_id else None
-        resume_from = None
-        if args.resume:
-            resume_from = latest_checkpoint(cfg.extra.get("resume_from", ""))
-            if resume_from is None:
-                raise ArenaError(f"no checkpoint to resume from in {cfg.extra.get('resume_from')}")
-        adapter = train(cfg, data_dir, reporter=reporter, resume_from=resume_from, output_dir=job_folder)
-        if reporter is not None:
-            if adapter is None:
-                reporter.cancelled()
-                print("cancelled: the last checkpoint is kept; resume the job to continue")
-            else:
-                reporter.succeeded(adapter)
-                print(f"adapter saved to {adapter}")
-    except ArenaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if reporter is not None:
-            reporter.failed(str(exc))
-        return 1
-    except KeyboardInterrupt:
-        if reporter is not None:
-            reporter.failed("interrupted")
-        return 130
-    except Exception as exc:
-        if reporter is not None:
-            reporter.failed(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        raise
-    return 0
+    return run_main(lambda: run(args, job), bad_input_code=1, on_failure=record_failure)
 
 
 if __name__ == "__main__":
