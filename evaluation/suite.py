@@ -11,16 +11,19 @@ next one after the model's own answer, and every turn's answer is checked.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluation.case import Case
 from evaluation.check_fields import first_reason
 from evaluation.check_types import LIKELIHOOD, check_notes, check_type, validate_check
+from kernel import files
 from kernel.errors import ArenaError
+from kernel.files import too_long
 
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+MAX_SUITE_BYTES = 64 * 2**20  # MT-bench is 0.1 MB; a suite is read whole on every run
+MAX_CASE_CHARS = 2**20  # one case's line: far more than any model's context holds
 PROBLEMS_IN_ERROR = 3  # enough to show the pattern of a broken file without a wall of text
 
 
@@ -169,17 +172,15 @@ def case_notes(case: Case) -> list[Problem]:
 
 
 def read_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise ArenaError(f"{path}: no such suite file")
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise ArenaError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    return files.read_text(path, MAX_SUITE_BYTES, "suite file").splitlines()
 
 
 def parse_row(text: str) -> tuple[dict | None, str]:
+    reason = too_long(len(text), MAX_CASE_CHARS)
+    if reason:
+        return None, f"the line is {reason}"
     try:
-        row = json.loads(text)
+        row = files.parse_json(text)
     except ValueError as exc:
         return None, f"not valid JSON ({getattr(exc, 'msg', exc)})"
     if not isinstance(row, dict):

@@ -1,6 +1,9 @@
-"""Builders for test models and adapters: real PEFT and transformers objects, small enough to be quick."""
+"""Builders for test models and adapters (real PEFT and transformers objects, small enough to be quick),
+and ways to run the commands and the app as a user does."""
 from __future__ import annotations
 
+import logging
+import subprocess
 import time
 from pathlib import Path
 
@@ -118,3 +121,17 @@ def one_line_error(proc, code: int) -> str:
     assert proc.returncode == code, (proc.returncode, proc.stderr[-3000:])
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
     return lines[0]
+
+
+def in_process(main, argv: list, capsys) -> subprocess.CompletedProcess:
+    """A command's `main` run here, its exit code and output read as from a process."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level  # main's logging.basicConfig is for its process
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse refuses options before main's body runs
+        code = exc.code
+    finally:
+        root.handlers[:], root.level = handlers, level
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out, err)

@@ -6,7 +6,6 @@ through the same code.
 """
 from __future__ import annotations
 
-import logging
 import sqlite3
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import inference
 from app import server as app_server
 from evaluation import __main__ as evaluation_cli
 from tests.conftest import free_port
-from tests.helpers import one_line_error
+from tests.helpers import in_process, one_line_error
 from training import __main__ as training_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,20 +26,6 @@ AHOY = REPO / "training" / "examples" / "ahoy_demo.json"
 
 def run(*args, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
-
-
-def in_process(main, argv: list, capsys) -> subprocess.CompletedProcess:
-    """A command's `main` run here, its exit code and output read as from a process."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level  # main's logging.basicConfig is for its process
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse refuses options before main's body runs
-        code = exc.code
-    finally:
-        root.handlers[:], root.level = handlers, level
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(argv, code, out, err)
 
 
 @pytest.fixture

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
+from kernel import files
 from kernel.errors import ArenaError
 
+# A dataset is held in memory whole, and each parsed row takes several times its bytes there.
+MAX_DATASET_BYTES = 256 * 2**20
 JSON_CELLS = ("conversations", "messages", "history", "tools")  # CSV columns that may hold JSON text
 
 
@@ -30,7 +32,7 @@ def read_rows(path: Path) -> list[tuple[int, object]]:
         return read_csv(text, path)
     if text.lstrip().startswith("["):
         try:
-            rows = json.loads(text)
+            rows = files.parse_json(text)
         except ValueError as exc:
             raise ArenaError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
         return list(enumerate(rows, 1))
@@ -42,13 +44,7 @@ def read_rows(path: Path) -> list[tuple[int, object]]:
 
 
 def read_text(path: Path) -> str:
-    if not path.is_file():
-        raise ArenaError(f"{path}: no such file")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8").removeprefix("\ufeff")  # a BOM from spreadsheet exports is harmless
-    except UnicodeDecodeError as exc:  # plain utf-8, not utf-8-sig, so the offset counts a BOM too
-        raise ArenaError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    text = files.read_text(path, MAX_DATASET_BYTES)
     if not text.strip():
         raise ArenaError(f"{path}: the file is empty")
     return text
@@ -60,7 +56,7 @@ def read_jsonl_rows(text: str) -> list[tuple[int, object]]:
         if not line.strip():
             continue
         try:
-            rows.append((number, json.loads(line)))
+            rows.append((number, files.parse_json(line)))
         except ValueError as exc:  # one broken line should not cost the other rows
             rows.append((number, BadRow("not valid JSON", exc.msg)))
     return rows
@@ -83,7 +79,7 @@ def csv_row(record: dict) -> dict:
         key = key.strip()
         if key in JSON_CELLS and value.lstrip()[:1] in ("[", "{"):
             try:
-                value = json.loads(value)
+                value = files.parse_json(value)
             except ValueError:
                 pass  # left as text: conversion then reports the wrong type for this field
         row[key] = value
