@@ -15,11 +15,10 @@ import re
 import secrets
 import sqlite3
 import time
-from contextlib import closing
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 from kernel import sqlite_store
 from kernel.errors import ArenaError
@@ -270,7 +269,7 @@ class JobStore:
                 raise ArenaError(f"{self.path}: job {record['id']} has unreadable {name}") from None
         return Job(**record)
 
-    def _connect(self) -> closing[sqlite3.Connection]:
+    def _connect(self) -> ContextManager[sqlite3.Connection]:
         return sqlite_store.connect(self.path, "job store")
 
     def _migrate(self) -> None:
