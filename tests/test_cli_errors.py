@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import inference
-from app import server as app_server
 from evaluation import __main__ as evaluation_cli
 from tests.conftest import free_port
 from tests.helpers import in_process, one_line_error
@@ -85,7 +84,7 @@ def test_more_bad_inference_input(tmp_path, base_args, capsys, argv, message):
     not_ours = write(tmp_path / "not-ours.jsonl", "[1, 2]\n")
     write(tmp_path / "surrogate.jsonl", '{"prompt": "ok\\ud800"}\n')
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    proc = in_process(inference.main, argv + base_args, capsys)
+    proc = in_process(inference.main, argv + base_args + ["--max-new-tokens", "2"], capsys)
     assert one_line_error(proc, 2) == f"error: {message.replace('{tmp}', str(tmp_path))}"
     assert not_ours.read_text() == "[1, 2]\n"  # someone else's file is refused, never rewritten
 
@@ -102,26 +101,33 @@ def newer(path: Path) -> None:
     conn.close()
 
 
-def test_a_corrupt_vote_store_stops_the_app_in_one_line(tmp_path, tiny_model_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    corrupt(data / "votes.sqlite")
-    before = (data / "votes.sqlite").read_bytes()
-    proc = run("arena.py", "--base", tiny_model_path, "--data-dir", data, "--port", str(free_port()))
-    assert one_line_error(proc, 2) == f"error: {data / 'votes.sqlite'}: not a usable vote store (file is not a database)"
-    assert (data / "votes.sqlite").read_bytes() == before  # refused, not repaired or replaced
-
-
-@pytest.mark.parametrize("store, spoil, message", [
+SPOILED_STORES = [  # (file, how it is spoiled, the error after the file's path)
+    ("votes.sqlite", corrupt, "not a usable vote store (file is not a database)"),
     ("jobs.sqlite", newer, "job store has schema version 99, this program reads up to 1; upgrade LoRA Arena"),
     ("eval.sqlite", corrupt, "not a usable answer store (file is not a database)"),
-], ids=["newer-jobs", "corrupt-eval"])
-def test_the_other_stores_are_checked_at_start_too(tmp_path, tiny_model_path, capsys, store, spoil, message):
-    data = tmp_path / "data"
-    data.mkdir()
-    spoil(data / store)
-    proc = in_process(app_server.main, ["--base", tiny_model_path, "--data-dir", data, "--port", free_port()], capsys)
-    assert one_line_error(proc, 2) == f"error: {data / store}: {message}"
+]
+
+
+def test_a_store_the_app_cannot_read_stops_it_in_one_line(tmp_path, tiny_model_path):
+    """Three apps start at once, each on a data folder with one spoiled store. An app that does not
+    refuse its store would serve forever: the timeout turns that into a failure, not a hang."""
+    started = []
+    for name, spoil, message in SPOILED_STORES:
+        data = tmp_path / name.split(".")[0]
+        data.mkdir()
+        spoil(data / name)
+        command = [sys.executable, "arena.py", "--base", str(tiny_model_path), "--data-dir", str(data),
+                   "--port", str(free_port())]
+        proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append((proc, data / name, (data / name).read_bytes(), message))
+    for proc, path, before, message in started:
+        try:
+            out, err = proc.communicate(timeout=300)
+        finally:
+            proc.kill()
+        assert one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), 2) == \
+            f"error: {path}: {message}"
+        assert path.read_bytes() == before  # refused, not repaired or replaced
 
 
 # ----- python -m training ------------------------------------------------------------------------
@@ -164,6 +170,6 @@ def test_more_bad_training_input(tmp_path, tiny_model_path, capsys, argv, messag
 def test_bad_evaluation_input_fails_before_any_case_runs(tmp_path, base_args, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     proc = in_process(evaluation_cli.main, ["run", "--suite", REPO / "evaluation/suites/starter.jsonl",
-                                            *argv, *base_args], capsys)
+                                            "--max-new-tokens", "2", *argv, *base_args], capsys)
     assert one_line_error(proc, 2) == f"error: {message.replace('{tmp}', str(tmp_path))}"
     assert not (tmp_path / "data" / "evaluations").exists()  # refused before a run folder was made
