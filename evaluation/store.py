@@ -9,8 +9,8 @@ import hashlib
 import json
 import sqlite3
 import threading
-from contextlib import closing
 from pathlib import Path
+from typing import ContextManager
 
 from kernel import sqlite_store
 
@@ -41,7 +41,7 @@ class AnswerStore:
         self._lock = threading.Lock()
         sqlite_store.migrate(self.path, "answer store", SCHEMA, SCHEMA_VERSION)
 
-    def _connect(self) -> closing[sqlite3.Connection]:
+    def _connect(self) -> ContextManager[sqlite3.Connection]:
         return sqlite_store.connect(self.path, "answer store")
 
     def get(self, key: str) -> tuple[str, dict] | None:

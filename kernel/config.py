@@ -11,6 +11,13 @@ from pathlib import Path
 from .data_dir import DataDir, resolve_data_dir
 from .errors import ArenaError
 
+MAX_SEED = 2**32 - 1  # numpy's limit, which transformers' set_seed also seeds
+
+
+def valid_seed(seed: object) -> bool:
+    return isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED
+
+
 @dataclass
 class SamplingParams:
     """How to decode. temperature 0 means greedy (deterministic)."""
@@ -29,6 +36,7 @@ class SamplingParams:
             (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
             (self.top_k >= 0, "top_k must be 0 (off) or positive"),
             (0.5 <= self.repetition_penalty <= 2.0, "repetition_penalty must be between 0.5 and 2"),
+            (self.seed is None or valid_seed(self.seed), f"seed must be a whole number from 0 to {MAX_SEED}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -64,7 +64,13 @@ def short_name(name_or_path: str) -> str:
 
 def pick_device(requested: str | None = None) -> torch.device:
     if requested:
-        return torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise ArenaError(f"unknown device '{requested}': use cpu or cuda") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ArenaError(f"device '{requested}': this machine has no CUDA GPU that torch can use; use cpu")
+        return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

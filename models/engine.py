@@ -185,7 +185,10 @@ class Engine:
             self._peft.load_adapter(str(info.path), adapter_name=info.name, is_trainable=False)
             self._peft.eval()
         except Exception as exc:  # PEFT raises many kinds; the adapter is skipped, the server goes on
-            self._detach(info.name)
+            try:
+                self._detach(info.name)
+            except Exception:  # noqa: BLE001 - a half-built PeftModel: the failure below is what counts
+                log.warning("adapter %s: cleaning up after PEFT's failure failed", info.name, exc_info=True)
             return f"PEFT could not load it: {first_line(exc)[:300]}"
         info.trainable_parameters = sum(
             p.numel() for n, p in self._peft.named_parameters() if f".{info.name}." in n

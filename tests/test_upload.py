@@ -205,11 +205,11 @@ def test_wrong_file_sets_are_refused(engine, a1, tmp_path, pick, message):
 
 
 def test_adapter_that_peft_refuses_is_taken_back_out(engine, a1, tmp_path):
-    """Our checks pass (layer sizes fit) but the config's rank disagrees with the weights: PEFT itself fails."""
-    folder = tmp_path / "rank-lie"
+    """Our checks pass (layers, shapes and rank fit) but PEFT itself refuses an option of the config."""
+    folder = tmp_path / "init-lie"
     shutil.copytree(a1, folder)
     config = json.loads((folder / "adapter_config.json").read_text())
-    config["r"] = 4  # the weights are rank 8
+    config["init_lora_weights"] = "bogus"  # PEFT knows true, false and named methods such as "gaussian"
     (folder / "adapter_config.json").write_text(json.dumps(config))
     before = listing(engine.config.paths.adapters)
     with pytest.raises(ArenaError, match=r"^adapter 'peft-fails' could not be loaded: PEFT could not load it: "):
