@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     except ArenaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    log.info("serving %s with %d adapters on http://%s:%d", engine.base.name, len(engine.variants()) - 1,
-             settings.host, settings.port)
+    log.info("serving %s with %d adapters (%s backend) on http://%s:%d", engine.base_name,
+             len(engine.variants()) - 1, engine.backend.name, settings.host, settings.port)
     launch(make_context(engine, settings))
     return 0

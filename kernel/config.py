@@ -36,14 +36,19 @@ class SamplingParams:
     top_k: int = 0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these strings
 
     def __post_init__(self) -> None:
+        self.stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         checks = [
             (1 <= self.max_new_tokens <= 32768, "max_new_tokens must be between 1 and 32768"),
             (0.0 <= self.temperature <= 5.0, "temperature must be between 0 and 5"),
             (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
             (self.top_k >= 0, "top_k must be 0 (off) or positive"),
             (0.5 <= self.repetition_penalty <= 2.0, "repetition_penalty must be between 0.5 and 2"),
+            (len(self.stop) <= 8, "at most 8 stop strings"),
+            (all(isinstance(s, str) and 0 < len(s) <= 200 for s in self.stop),
+             "each stop string must be 1 to 200 characters"),
         ]
         for ok, message in checks:
             if not ok:
@@ -54,7 +59,17 @@ class SamplingParams:
         return self.temperature == 0.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Without `stop` when there is none: stored answers' fingerprints from before it existed stay valid."""
+        data = asdict(self)
+        if not self.stop:
+            del data["stop"]
+        else:
+            data["stop"] = list(self.stop)
+        return data
+
+
+BACKENDS = ("hf",)
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -67,12 +82,18 @@ class EngineConfig:
     quantization: str | None = None  # None, "4bit" or "8bit" (bitsandbytes, CUDA only)
     device: str | None = None  # None picks CUDA when present, else CPU
     load_adapters: bool = True  # load every compatible adapter at start
+    backend: str = "hf"  # hf: transformers generate + PEFT, one call at a time
+    dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on a CPU
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
         self.adapter_dirs = [Path(d) for d in self.adapter_dirs]
         if self.quantization not in (None, "4bit", "8bit"):
             raise ArenaError(f"unknown quantization '{self.quantization}': use 4bit or 8bit")
+        if self.backend not in BACKENDS:
+            raise ArenaError(f"unknown backend '{self.backend}': use {' or '.join(BACKENDS)}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ArenaError(f"unknown dtype '{self.dtype}': use {', '.join(DTYPE_CHOICES)}")
 
     @property
     def adapters_dir(self) -> Path:
