@@ -20,15 +20,28 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     serving = parser.add_argument_group("serving")
     serving.add_argument("--backend", choices=BACKENDS, default=os.environ.get("ARENA_BACKEND", "hf"),
-                         help="hf: transformers generate + PEFT, one request at a time")
+                         help="batched: one decode loop shared by every request, each row its own adapter; "
+                              "hf: transformers generate + PEFT, one request at a time (the reference, default)")
     serving.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
-                         help="auto: bf16 on CUDA, fp32 on a CPU")
+                         help="auto: bf16 on CUDA; on a CPU whichever measures faster (batched) or fp32 (hf)")
+    serving.add_argument("--kv-budget-mb", type=int, default=None, metavar="MB",
+                         help="KV cache of the batched backend (default 1024 on a CPU; on CUDA every row its full "
+                              "context, within 40%% of free memory)")
+    serving.add_argument("--max-batch", type=int, default=None, metavar="ROWS",
+                         help="rows answered at once by the batched backend (default 16 on a CPU, 32 on CUDA); "
+                              "more wait, and see their place in line")
+    serving.add_argument("--max-loras", type=int, default=8, help="CUDA: adapters held in the batched backend's stacks")
+    serving.add_argument("--max-lora-rank", type=int, default=32,
+                         help="CUDA: largest rank those stacks hold; larger adapters are served by the reference path")
+    serving.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: decode eagerly, without captured graphs")
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         base=args.base, data_dir=resolve_data_dir(args.data_dir), adapter_dirs=args.adapters_dir,
         quantization=args.quantize, device=args.device, backend=args.backend, dtype=args.dtype,
+        kv_budget_mb=args.kv_budget_mb, max_batch=args.max_batch, max_loras=args.max_loras,
+        max_lora_rank=args.max_lora_rank, cuda_graphs=not args.no_cuda_graphs,
     )
 
 

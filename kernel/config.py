@@ -68,7 +68,7 @@ class SamplingParams:
         return data
 
 
-BACKENDS = ("hf",)
+BACKENDS = ("batched", "hf")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -82,8 +82,13 @@ class EngineConfig:
     quantization: str | None = None  # None, "4bit" or "8bit" (bitsandbytes, CUDA only)
     device: str | None = None  # None picks CUDA when present, else CPU
     load_adapters: bool = True  # load every compatible adapter at start
-    backend: str = "hf"  # hf: transformers generate + PEFT, one call at a time
-    dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on a CPU
+    backend: str = "hf"  # batched: one shared decode loop; hf: transformers generate + PEFT (reference)
+    dtype: str = "auto"  # auto: bf16 on CUDA; on a CPU what measures faster (batched) or fp32 (hf)
+    kv_budget_mb: int | None = None  # KV cache of the batched backend (None: 2 GB on CPU, sized to fit on CUDA)
+    max_batch: int | None = None  # rows decoded together (None: 16 on CPU, 32 on CUDA)
+    max_loras: int = 8  # CUDA: adapter slots of the batched backend, fixed so captured graphs stay valid
+    max_lora_rank: int = 32  # CUDA: the largest rank those slots hold; larger adapters use the reference path
+    cuda_graphs: bool = True  # CUDA: capture the decode step at a few batch sizes
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -94,6 +99,12 @@ class EngineConfig:
             raise ArenaError(f"unknown backend '{self.backend}': use {' or '.join(BACKENDS)}")
         if self.dtype not in DTYPE_CHOICES:
             raise ArenaError(f"unknown dtype '{self.dtype}': use {', '.join(DTYPE_CHOICES)}")
+        for name in ("kv_budget_mb", "max_batch"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ArenaError(f"{name} must be a positive whole number, got {value!r}")
+        if not 1 <= self.max_loras <= 256 or not 1 <= self.max_lora_rank <= 1024:
+            raise ArenaError("max_loras must be 1-256 and max_lora_rank 1-1024")
 
     @property
     def adapters_dir(self) -> Path:

@@ -83,6 +83,10 @@ def make_backend(config: EngineConfig) -> Backend:
     """Load the base and wrap it in the configured backend."""
     from .hf_backend import HFBackend
 
+    if config.backend == "batched":
+        from .batched.backend import load_batched
+
+        return load_batched(config)
     return HFBackend(load_base(config.base, config.models_dir, config.device, config.quantization,
                                dtype=forced_dtype(config.dtype)))
 

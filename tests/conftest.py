@@ -62,7 +62,7 @@ def real_engine(tmp_path_factory, default_model_path, trained_adapter) -> Engine
     """The default model in fp32, so greedy answers equal plain transformers' token for token."""
     data = tmp_path_factory.mktemp("real_data")
     engine = Engine.load(EngineConfig(base=str(default_model_path), data_dir=data, dtype="float32",
-                                      adapter_dirs=[trained_adapter.parent]))
+                                      kv_budget_mb=512, adapter_dirs=[trained_adapter.parent]))
     yield engine
     engine.close()
 

@@ -103,12 +103,12 @@ def test_closing_a_stream_frees_the_device(tiny_engine):
     assert time.perf_counter() - start < 5
 
 
-@pytest.fixture(scope="module", params=["hf"])
+@pytest.fixture(scope="module", params=["hf", "batched"])
 def one_lane(request, tmp_path_factory, tiny_model_path, tiny_adapters):
     """An engine where one long answer keeps every other request waiting: the reference backend holds
     the device per call; the batched backend is given room for one row."""
     engine = Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=tmp_path_factory.mktemp("lane"),
-                                      adapter_dirs=[tiny_adapters], backend=request.param))
+                                      adapter_dirs=[tiny_adapters], backend=request.param, max_batch=1))
     yield engine
     engine.close()
 
