@@ -7,6 +7,7 @@ loop shared by every caller, the default). `make_backend` picks one from the Eng
 """
 from __future__ import annotations
 
+import queue
 import threading
 from dataclasses import dataclass
 from typing import Iterator, Protocol
@@ -64,6 +65,17 @@ class Backend(Protocol):
     def info(self) -> dict: ...
 
     def close(self) -> None: ...
+
+
+def drain(events: queue.Queue) -> Iterator[StreamEvent]:
+    """Yield what a worker puts on the queue until None; raise the error it reports instead."""
+    while True:
+        event = events.get()
+        if event is None:
+            return
+        if isinstance(event, BaseException):
+            raise event
+        yield event
 
 
 class Either:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import json
 import logging
 import queue
 import threading
@@ -18,7 +19,7 @@ from typing import Iterator
 import torch
 
 from .adapters import AdapterInfo
-from .backend import BASE_ROW, Either, Row, ScoreRow, memory_mb
+from .backend import BASE_ROW, Either, Row, ScoreRow, drain, memory_mb
 from kernel.errors import first_line
 from .base import LoadedBase
 from kernel.config import ArenaError
@@ -109,13 +110,7 @@ class HFBackend:
         worker = threading.Thread(target=self._work, args=(rows, events.put, watcher), daemon=True)
         worker.start()
         try:
-            while True:
-                event = events.get()
-                if event is None:
-                    return
-                if isinstance(event, BaseException):
-                    raise event
-                yield event
+            yield from drain(events)
         finally:
             stop.set()  # the caller left (closed tab, broke out of the loop): free the device
 
@@ -154,13 +149,13 @@ class HFBackend:
 
     def _groups(self, rows: list[Row]):
         """Rows with the same sampling settings share one batch; DoRA rows run alone (PEFT can't mix them)."""
-        batches: dict[tuple, list[Row]] = {}
+        batches: dict[str, list[Row]] = {}
         alone = []
         for row in rows:
             if row.adapter in self._dora:
                 alone.append(([row], False))
             else:
-                key = tuple(sorted(row.params.to_dict().items()))
+                key = json.dumps(row.params.to_dict(), sort_keys=True)
                 batches.setdefault(key, []).append(row)
         return [(group, True) for group in batches.values()] + alone
 

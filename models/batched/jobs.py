@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..backend import Either, Row, ScoreRow
+from ..backend import Either, Row, ScoreRow, drain
 from ..streaming import GenerationStats, RowText, StreamEvent, row_stats
 from .sampler import RowSampler
 
@@ -47,13 +47,7 @@ class Call:
     def read(self):
         """The caller's side: yield events until the end; raise what the scheduler reported."""
         try:
-            while True:
-                event = self.events.get()
-                if event is None:
-                    return
-                if isinstance(event, BaseException):
-                    raise event
-                yield event
+            yield from drain(self.events)
         finally:
             self.left.set()
 

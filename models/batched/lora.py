@@ -139,7 +139,7 @@ class LoraStacks:
         if (slots, rank) == (self.slots, self.rank):
             return
         assert not self.fixed, "a fixed stack is checked with refusal() first"
-        old_a, old_b, old_scale = self.a, self.b, self.scale
+        old_a, old_b, old_scale = dict(self.a), dict(self.b), self.scale
         self.slots, self.rank = slots, rank
         self.scale = torch.zeros(slots, dtype=self.dtype, device=self.device)
         self.scale[:old_scale.shape[0]] = old_scale
