@@ -19,9 +19,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="bitsandbytes quantisation (CUDA only)")
     group.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     serving = parser.add_argument_group("serving")
-    serving.add_argument("--backend", choices=BACKENDS, default=os.environ.get("ARENA_BACKEND", "hf"),
-                         help="batched: one decode loop shared by every request, each row its own adapter; "
-                              "hf: transformers generate + PEFT, one request at a time (the reference, default)")
+    serving.add_argument("--backend", choices=BACKENDS, default=os.environ.get("ARENA_BACKEND", "batched"),
+                         help="batched: one decode loop shared by every request, each row its own adapter (default); "
+                              "hf: transformers generate + PEFT, one request at a time (the reference)")
     serving.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
                          help="auto: bf16 on CUDA; on a CPU whichever measures faster (batched) or fp32 (hf)")
     serving.add_argument("--kv-budget-mb", type=int, default=None, metavar="MB",

@@ -82,7 +82,7 @@ class EngineConfig:
     quantization: str | None = None  # None, "4bit" or "8bit" (bitsandbytes, CUDA only)
     device: str | None = None  # None picks CUDA when present, else CPU
     load_adapters: bool = True  # load every compatible adapter at start
-    backend: str = "hf"  # batched: one shared decode loop; hf: transformers generate + PEFT (reference)
+    backend: str = "batched"  # batched: one shared decode loop; hf: transformers generate + PEFT (reference)
     dtype: str = "auto"  # auto: bf16 on CUDA; on a CPU what measures faster (batched) or fp32 (hf)
     kv_budget_mb: int | None = None  # KV cache of the batched backend (None: 2 GB on CPU, sized to fit on CUDA)
     max_batch: int | None = None  # rows decoded together (None: 16 on CPU, 32 on CUDA)
