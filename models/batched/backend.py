@@ -27,7 +27,7 @@ from .devices import choose_dtype, default_kv_mb, default_rows
 from .jobs import Call, Job
 from .kv_cache import KVCache, bytes_per_token, plan_cache
 from .llama import SUPPORTED, LlamaForward, sliding_window, unsupported_reason
-from .lora import LoraStacks, module_shapes, read_lora
+from .lora import LoraStacks, group_shapes, read_lora
 from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -79,11 +79,9 @@ class BatchedBackend:
         self.cache = KVCache(plan_cache(budget, rows, context, per_token), layers, self.forward.kv_heads,
                              self.forward.head_dim, self.forward.dtype, device)
         fixed = device.type == "cuda"  # captured graphs need the stacks at fixed addresses
-        self.stacks = LoraStacks(
-            module_shapes(model.model.layers[0]), layers,
-            self.forward.dtype if fixed else torch.float32,  # PEFT also keeps LoRA in fp32 beside a bf16 base
-            device, slots=config.max_loras + 1 if fixed else 4, rank=config.max_lora_rank if fixed else 8,
-            fixed=fixed)
+        self.stacks = LoraStacks(group_shapes(model.model.layers[0]), layers, self.forward.dtype, device,
+                                 slots=config.max_loras + 1 if fixed else 4,
+                                 rank=config.max_lora_rank if fixed else 8, fixed=fixed)
         self.graphs = self._capture(config) if fixed else None
         self.scheduler = Scheduler(self.forward, self.cache, self.stacks, base.tokenizer,
                                    self.reference.runner.eos_ids, device, CHUNK_TOKENS.get(device.type, 256),

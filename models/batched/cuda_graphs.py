@@ -4,8 +4,8 @@ One decode step of a small model is hundreds of tiny kernels; launched from Pyth
 GPU waits on the CPU (transformers + PEFT reached 2% of what memory bandwidth allows on an H100).
 A captured graph replays all of them with one launch. Shapes inside a graph are fixed, so each
 bucket is a (rows, key length) pair: a step runs the smallest bucket that holds it, unused rows
-write to the cache's scratch slot, and LoRA always goes through the stacked (fixed-address)
-weights, so loading an adapter never needs a new capture. Any failure to capture logs one line and
+write to the cache's scratch slot, and LoRA always goes through the whole stack of (fixed-address)
+adapter weights, so loading an adapter never needs a new capture. Any failure to capture logs one line and
 the loop stays eager.
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ class DecodeGraphs:
         index = torch.arange(rows, device=self.device)
         batch = Batch(ids=self.ids[:rows], positions=self.positions[:rows], slots=index, kv_len=keys,
                       write_slots=self.write_slots[:rows], write_positions=self.write_positions[:rows],
-                      write_rows=index, prefix=True, lora=LoraBatch(self.stacks, self.adapters[:rows], per_layer=True))
+                      write_rows=index, prefix=True, lora=LoraBatch(self.stacks, self.adapters[:rows], every_slot=True))
         return self.forward(batch, self.cache, index)
 
     def _capture_one(self, rows: int, keys: int, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:

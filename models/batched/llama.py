@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from .kv_cache import KVCache
-from .lora import LoraBatch
+from .lora import GROUPS, LoraBatch
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 
@@ -49,16 +49,40 @@ def sliding_window(config) -> int | None:
     return int(window)
 
 
-def _linear(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    module = getattr(module, "base_layer", module)  # the base weights even under a PEFT wrapper
-    return module.weight, module.bias
+def _linear(module: torch.nn.Module) -> torch.nn.Module:
+    return getattr(module, "base_layer", module)  # the base layer even under a PEFT wrapper
+
+
+def fuse(modules: list[torch.nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) for projections that read the same input: one matmul instead of several.
+
+    The modules' own weights become views into the fused tensor, so memory is not doubled and the
+    transformers model (which the reference path may still run) keeps working unchanged.
+    """
+    layers = [_linear(m) for m in modules]
+    if len(layers) == 1:
+        return layers[0].weight, layers[0].bias
+    weight = torch.cat([layer.weight.data for layer in layers])
+    bias = None
+    if any(layer.bias is not None for layer in layers):
+        bias = torch.cat([layer.bias.data if layer.bias is not None else weight.new_zeros(layer.out_features)
+                          for layer in layers])
+    start = 0
+    for layer in layers:
+        end = start + layer.out_features
+        layer.weight.data = weight[start:end]
+        if layer.bias is not None:
+            layer.bias.data = bias[start:end]
+        start = end
+    return weight, bias
 
 
 @dataclass
 class Layer:
     input_norm: torch.nn.Module
     post_norm: torch.nn.Module
-    proj: dict[str, tuple[torch.Tensor, torch.Tensor | None]]
+    proj: dict[str, tuple[torch.Tensor, torch.Tensor | None]]  # projection group -> fused weight, bias
+    sizes: dict[str, list[int]]  # projection group -> output width of each member
     act: object
 
 
@@ -85,18 +109,23 @@ class LlamaForward:
         self.embed = inner.embed_tokens.weight
         self.norm = inner.norm
         self.rotary = inner.rotary_emb
-        self.lm_head = _linear(model.lm_head)[0]
+        self.lm_head = _linear(model.lm_head).weight
         attn = inner.layers[0].self_attn
         self.head_dim = attn.head_dim
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.scaling = attn.scaling
-        self.layers = [Layer(layer.input_layernorm, layer.post_attention_layernorm,
-                             {name: _linear(getattr(part, name)) for part in (layer.self_attn, layer.mlp)
-                              for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                           "down_proj") if hasattr(part, name)},
-                             layer.mlp.act_fn)
-                       for layer in inner.layers]
+        self.layers = [self._layer_of(layer) for layer in inner.layers]
+
+    @staticmethod
+    def _layer_of(layer: torch.nn.Module) -> Layer:
+        proj, sizes = {}, {}
+        for group, members in GROUPS.items():
+            parent = layer.self_attn if group in ("qkv", "o") else layer.mlp
+            modules = [getattr(parent, m) for m in members]
+            proj[group] = fuse(modules)
+            sizes[group] = [_linear(m).out_features for m in modules]
+        return Layer(layer.input_layernorm, layer.post_attention_layernorm, proj, sizes, layer.mlp.act_fn)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -120,25 +149,24 @@ class LlamaForward:
         groups = self.heads // self.kv_heads
         return mask.unsqueeze(1).expand(-1, groups, -1, -1).reshape(mask.shape[0], 1, -1, batch.kv_len)
 
-    def _proj(self, index: int, layer: Layer, name: str, x: torch.Tensor, lora: LoraBatch | None) -> torch.Tensor:
-        weight, bias = layer.proj[name]
+    def _proj(self, index: int, layer: Layer, group: str, x: torch.Tensor, lora: LoraBatch | None) -> torch.Tensor:
+        weight, bias = layer.proj[group]
         y = F.linear(x, weight, bias)
-        return y if lora is None else lora.apply(index, name, x, y)
+        return y if lora is None else lora.apply(index, group, x, y)
 
     def _layer(self, index, layer: Layer, x, cos, sin, mask, batch: Batch, cache: KVCache) -> torch.Tensor:
         rows, width, _ = x.shape
         h = layer.input_norm(x)
-        q = self._proj(index, layer, "q_proj", h, batch.lora).view(rows, width, -1, self.head_dim).transpose(1, 2)
-        k = self._proj(index, layer, "k_proj", h, batch.lora).view(rows, width, -1, self.head_dim).transpose(1, 2)
-        v = self._proj(index, layer, "v_proj", h, batch.lora).view(rows, width, -1, self.head_dim).transpose(1, 2)
+        qkv = self._proj(index, layer, "qkv", h, batch.lora)
+        q, k, v = (t.view(rows, width, -1, self.head_dim).transpose(1, 2)
+                   for t in qkv.split(layer.sizes["qkv"], dim=-1))
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         keys, values = self._remember(index, k, v, batch, cache)
         attn = self._attend(q, keys, values, mask).transpose(1, 2).reshape(rows, width, -1)
-        x = x + self._proj(index, layer, "o_proj", attn, batch.lora)
+        x = x + self._proj(index, layer, "o", attn, batch.lora)
         h = layer.post_norm(x)
-        gate = self._proj(index, layer, "gate_proj", h, batch.lora)
-        up = self._proj(index, layer, "up_proj", h, batch.lora)
-        return x + self._proj(index, layer, "down_proj", layer.act(gate) * up, batch.lora)
+        gate, up = self._proj(index, layer, "gate_up", h, batch.lora).split(layer.sizes["gate_up"], dim=-1)
+        return x + self._proj(index, layer, "down", layer.act(gate) * up, batch.lora)
 
     def _remember(self, index: int, k, v, batch: Batch, cache: KVCache):
         """Write the new keys/values into the rows' slots; return what the queries attend to."""
