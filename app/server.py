@@ -27,6 +27,7 @@ from .models_tab import ModelsTab
 from .settings import AppContext, AppSettings, SessionRequests
 from .training_tab import TrainingTab
 from .widgets import session_of
+from .zerogpu import on_zerogpu
 
 log = logging.getLogger(__name__)
 CSS = """
@@ -126,6 +127,9 @@ def main(argv=None) -> int:
         endpoints = parse_judge_endpoints(args.judge_endpoint) if args.judge_endpoint else None
         settings = AppSettings.from_env(host=args.host, port=args.port, public=args.public,
                                         auth=AppSettings.parse_auth(args.auth), judge_endpoints=endpoints)
+        if args.backend is None and on_zerogpu():
+            args.backend = "hf"
+            log.info("ZeroGPU: serving with the reference backend (a GPU is lent per call)")
         config: EngineConfig = engine_config_from_args(args)
         engine = Engine.load(config)
     except ArenaError as exc:

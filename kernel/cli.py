@@ -19,7 +19,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="bitsandbytes quantisation (CUDA only)")
     group.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     serving = parser.add_argument_group("serving")
-    serving.add_argument("--backend", choices=BACKENDS, default=os.environ.get("ARENA_BACKEND", "batched"),
+    serving.add_argument("--backend", choices=BACKENDS, default=os.environ.get("ARENA_BACKEND"),
                          help="batched: one decode loop shared by every request, each row its own adapter (default); "
                               "hf: transformers generate + PEFT, one request at a time (the reference)")
     serving.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
@@ -39,7 +39,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         base=args.base, data_dir=resolve_data_dir(args.data_dir), adapter_dirs=args.adapters_dir,
-        quantization=args.quantize, device=args.device, backend=args.backend, dtype=args.dtype,
+        quantization=args.quantize, device=args.device, backend=args.backend or "batched", dtype=args.dtype,
         kv_budget_mb=args.kv_budget_mb, max_batch=args.max_batch, max_loras=args.max_loras,
         max_lora_rank=args.max_lora_rank, cuda_graphs=not args.no_cuda_graphs,
     )
