@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-from models import ArenaError, ChatRequest, Engine, EngineConfig, SamplingParams
-from tests.helpers import wait_for
+from models import ChatRequest, Engine, EngineConfig, SamplingParams
+from tests.helpers import final_events, wait_for
 
 PROMPTS = ["Hello there", "Tell me a story about the sea.", "What is 2 + 2?", "Name three colors."]
 GREEDY = SamplingParams(max_new_tokens=16)
@@ -38,14 +38,8 @@ def batched(tmp_path_factory, tiny_model_path, tiny_adapters):
     engine.close()
 
 
-def finals(engine: Engine, requests: list[ChatRequest]) -> list:
-    """The done event of every request, in request order."""
-    done = {e.index: e for e in engine.stream(requests) if e.done}
-    return [done[i] for i in range(len(requests))]
-
-
 def alone(engine: Engine, request: ChatRequest) -> list[int]:
-    return finals(engine, [request])[0].token_ids
+    return final_events(engine, [request])[0].token_ids
 
 
 def test_each_variant_alone_gives_the_reference_tokens(reference, batched):
@@ -58,7 +52,7 @@ def test_each_variant_alone_gives_the_reference_tokens(reference, batched):
 def test_a_mixed_batch_gives_each_row_its_reference_tokens(reference, batched):
     requests = [ChatRequest(v, p, params=GREEDY) for v, p in
                 zip(["base", "a1", "a2", "a3", "base", "a1", "dora1"], PROMPTS * 2)]
-    together = finals(batched, requests)
+    together = final_events(batched, requests)
     assert [e.token_ids for e in together] == [alone(reference, r) for r in requests]
     assert [e.variant for e in together] == [r.variant for r in requests]
 
@@ -67,7 +61,7 @@ def test_rows_with_different_max_new_tokens_end_on_their_own(reference, batched)
     lengths = [2, 7, 16]
     requests = [ChatRequest(v, PROMPTS[0], params=SamplingParams(max_new_tokens=n))
                 for v, n in zip(["a1", "base", "a2"], lengths)]
-    together = finals(batched, requests)
+    together = final_events(batched, requests)
     assert [e.token_ids for e in together] == [alone(reference, r) for r in requests]
     assert [e.stats.new_tokens for e in together] == lengths
     assert {e.stats.finish_reason for e in together} == {"length"}
@@ -106,52 +100,18 @@ def test_a_seeded_row_samples_the_same_whoever_shares_its_batch(batched):
     crowd = [ChatRequest("base", PROMPTS[1], params=GREEDY), mine,
              ChatRequest("a2", PROMPTS[2], params=SamplingParams(max_new_tokens=12, temperature=1.2, seed=9)),
              ChatRequest("a1", PROMPTS[0], params=SamplingParams(max_new_tokens=12, temperature=0.9, seed=6))]
-    in_a_crowd = finals(batched, crowd)
+    in_a_crowd = final_events(batched, crowd)
     assert in_a_crowd[1].token_ids == by_itself
     assert in_a_crowd[3].token_ids != by_itself, "another seed should sample otherwise"
 
 
 def test_a_stop_string_ends_the_answer_before_it_on_both_backends(reference, batched):
-    full = finals(batched, [ChatRequest("a2", PROMPTS[1], params=GREEDY)])[0].text
+    full = final_events(batched, [ChatRequest("a2", PROMPTS[1], params=GREEDY)])[0].text
     stop = full[len(full) // 2:len(full) // 2 + 3]
     params = SamplingParams(max_new_tokens=16, stop=(stop,))
-    ours, theirs = (finals(e, [ChatRequest("a2", PROMPTS[1], params=params)])[0] for e in (batched, reference))
+    ours, theirs = (final_events(e, [ChatRequest("a2", PROMPTS[1], params=params)])[0] for e in (batched, reference))
     assert ours.text == theirs.text == full[:full.index(stop)]
     assert ours.stats.finish_reason == theirs.stats.finish_reason == "stop"
-
-
-def test_rows_beyond_the_batch_wait_and_hear_their_place(tmp_path_factory, tiny_model_path, tiny_adapters):
-    engine = load(tmp_path_factory, tiny_model_path, tiny_adapters, "batched", max_batch=2)
-    try:
-        requests = [ChatRequest(v, PROMPTS[0], params=GREEDY) for v in ["base", "a1", "a2", "a3"]]
-        events = list(engine.stream(requests))
-    finally:
-        engine.close()
-    places: dict[int, int] = {}
-    for event in events:
-        if event.queue_position:
-            places.setdefault(event.index, event.queue_position)
-    assert places == {2: 1, 3: 2}  # rows 0 and 1 ran at once; 2 and 3 waited, 2 first
-    done = {e.index: e for e in events if e.done}
-    assert sorted(done) == [0, 1, 2, 3] and done[3].stats.queue_seconds > 0
-
-
-def test_the_kv_budget_sets_how_long_a_conversation_may_be(tmp_path_factory, tiny_model_path, tiny_adapters):
-    engine = load(tmp_path_factory, tiny_model_path, tiny_adapters, "batched", kv_budget_mb=1, max_batch=4)
-    try:
-        assert engine.info()["kv_cache"].startswith("4 rows of up to 512 tokens")
-        with pytest.raises(ArenaError, match=r"^the conversation is \d+ tokens, this server answers up to 512"):
-            engine.generate("base", "word " * 600)
-        answer = engine.generate("base", "word " * 400, params=SamplingParams(max_new_tokens=200))
-        assert answer.stats.prompt_tokens + answer.stats.new_tokens == 512  # answered to the end of its slot
-    finally:
-        engine.close()
-
-
-def test_the_models_tab_says_which_path_serves_each_adapter(batched):
-    served = {a.name: a.served_by for a in batched.adapters()}
-    assert served == {"a1": "batched", "a2": "batched", "a3": "batched",
-                      "dora1": "reference: DoRA is served by the reference path"}
 
 
 def test_loading_and_unloading_never_stops_an_answer(reference, batched, tiny_adapters):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from models import ChatRequest, Engine, EngineConfig, SamplingParams
+from tests.helpers import answer_tokens
 
 GREEDY = SamplingParams(max_new_tokens=24)
 QUESTIONS = ["What is the capital of France?", "Name a color.", "What is 2 + 2?"]
@@ -22,18 +23,13 @@ def pair(tmp_path_factory, default_model_path, trained_adapter):
         engine.close()
 
 
-def tokens(engine: Engine, requests: list[ChatRequest]) -> list[list[int]]:
-    done = {e.index: e.token_ids for e in engine.stream(requests) if e.done}
-    return [done[i] for i in range(len(requests))]
-
-
 def test_greedy_answers_equal_the_reference_alone_and_mixed(pair):
     reference, batched = pair
     requests = [ChatRequest(v, q, params=GREEDY) for v, q in
                 zip(["base", "pirate", "pirate", "base"], QUESTIONS + QUESTIONS[:1])]
-    expected = [tokens(reference, [r])[0] for r in requests]
-    assert tokens(batched, requests) == expected
-    assert [tokens(batched, [r])[0] for r in requests[:2]] == expected[:2]
+    expected = [answer_tokens(reference, [r])[0] for r in requests]
+    assert answer_tokens(batched, requests) == expected
+    assert [answer_tokens(batched, [r])[0] for r in requests[:2]] == expected[:2]
     assert "Paris" in batched.tokenizer.decode(expected[0]) and "Arr" in batched.tokenizer.decode(expected[1])
 
 
