@@ -100,6 +100,7 @@ class Batch:
     prefix: bool = False  # slots are 0..B-1: read the cache as a view instead of gathering rows
     fresh: bool = False  # every row starts at position 0: attend to the new keys, not the cache
     lora: LoraBatch | None = None
+    unmasked: bool = False  # one token per row, each at position kv_len - 1: every key is visible, no mask
 
 
 class LlamaForward:
@@ -142,8 +143,10 @@ class LlamaForward:
         x = self.norm(x).reshape(rows * width, -1)[keep]
         return F.linear(x, self.lm_head)
 
-    def _mask(self, batch: Batch) -> torch.Tensor:
+    def _mask(self, batch: Batch) -> torch.Tensor | None:
         """[B, 1, g*T, kv_len]: a query sees keys at positions up to its own, repeated for the grouped heads."""
+        if batch.unmasked:
+            return None
         keys = torch.arange(batch.kv_len, device=batch.positions.device)
         mask = keys.view(1, 1, -1) <= batch.positions.unsqueeze(-1)  # [B, T, kv_len]
         groups = self.heads // self.kv_heads

@@ -281,6 +281,9 @@ class Scheduler:
                 slots=self._tensor(list(range(rows))), kv_len=kv_len, write_slots=self._tensor(w_slots),
                 write_positions=self._tensor(w_pos), write_rows=self._tensor(list(range(rows))), prefix=True,
                 lora=self._lora([job.adapter_slot for job in jobs], adapters),
+                # Rows answering in step (a single stream, Compare columns of one prompt) need no mask; a
+                # free slot riding along then reads its own stale keys, and its output is never used.
+                unmasked=all(job.position == kv_len - 1 for job in jobs),
             )
             logits = self.forward(batch, self.cache, self._tensor(list(range(rows))))
         tokens = pick_tokens([job.sampler for job in jobs], logits[[job.slot for job in jobs]])
