@@ -14,9 +14,10 @@ from typing import Iterator, Protocol
 
 import torch
 
+from kernel.config import EngineConfig, SamplingParams
+
 from .adapters import AdapterInfo
 from .base import LoadedBase, load_base
-from kernel.config import EngineConfig, SamplingParams
 from .streaming import StreamEvent
 
 BASE_ROW = "__base__"  # the adapter name of a row that wants the base model (PEFT's name too)

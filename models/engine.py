@@ -17,10 +17,11 @@ from typing import Iterator
 
 import torch
 
+from kernel.config import ArenaError, EngineConfig, SamplingParams
+
 from . import adapters as registry
 from .adapters import WEIGHTS_FILE, AdapterInfo, check_compatible
 from .backend import BASE_ROW, Backend, Row, ScoreRow, make_backend
-from kernel.config import ArenaError, EngineConfig, SamplingParams
 from .prompts import build_prompt_ids, normalize_messages
 from .streaming import GenerationStats, StreamEvent
 

@@ -18,11 +18,12 @@ from typing import Iterator
 
 import torch
 
+from kernel.errors import ArenaError
+from kernel.errors import first_line
+
 from .adapters import AdapterInfo
 from .backend import BASE_ROW, Either, Row, ScoreRow, drain, memory_mb
-from kernel.errors import first_line
 from .base import LoadedBase
-from kernel.config import ArenaError
 from .device_queue import Cancelled, DeviceQueue
 from .runner import HFRunner
 from .streaming import GenerationStats, StreamEvent

@@ -7,8 +7,9 @@ from typing import Callable
 import torch
 from transformers import GenerationConfig, StoppingCriteriaList
 
-from .backend import Row
 from kernel.config import SamplingParams
+
+from .backend import Row
 from .streaming import CancelCriteria, RowStreamer, StreamEvent
 
 

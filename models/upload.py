@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from kernel.errors import ArenaError
+
 from .adapters import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, AdapterInfo, inspect_folder, validate_name
-from kernel.config import ArenaError
 
 if TYPE_CHECKING:
     from .engine import Engine

@@ -13,14 +13,14 @@ import threading
 from typing import Iterator
 
 import torch
-
 from transformers import AutoConfig
+
+from kernel.config import ArenaError, EngineConfig
+from kernel.errors import first_line
 
 from ..adapters import AdapterInfo
 from ..backend import Backend, Row, ScoreRow, memory_mb
-from kernel.errors import first_line
 from ..base import LoadedBase, hub_offline, load_base, resolve_base
-from kernel.config import ArenaError, EngineConfig
 from ..hf_backend import HFBackend
 from ..streaming import StreamEvent
 from .devices import choose_dtype, default_kv_mb, default_rows

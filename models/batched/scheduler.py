@@ -19,8 +19,9 @@ from typing import Callable
 
 import torch
 
+from kernel.errors import ArenaError
+
 from ..backend import BASE_ROW
-from kernel.config import ArenaError
 from ..streaming import RowText, StreamEvent
 from .jobs import Call, Job
 from .kv_cache import KVCache
