@@ -53,3 +53,16 @@ def test_a_kv_cache_larger_than_the_machine_is_one_line(tmp_path_factory, tiny_m
     with pytest.raises(ArenaError, match=r"^cannot allocate the KV cache \(\d+ MB for 200000000 rows of up to 8192 "
                                          r"tokens\): lower --kv-budget-mb or --max-batch \(.*\)$"):
         load(tmp_path_factory, tiny_model_path, tiny_adapters, kv_budget_mb=10**12, max_batch=200_000_000)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_others_stream(tiny_engine):
+    """Each loop turn prefills one chunk (256 tokens here) and then decodes a step for the rows answering."""
+    streaming = ChatRequest("a1", "Hello there", params=SamplingParams(max_new_tokens=60))
+    long = ChatRequest("a2", "word " * 2000, params=SamplingParams(max_new_tokens=4))
+    before_long: list[str] = []
+    for event in tiny_engine.stream([streaming, long]):
+        if event.index == 1:
+            break
+        before_long.append(event.delta)
+    chunks = 2000 // 256
+    assert sum(bool(d) for d in before_long) >= chunks // 2, "the streaming row stalled behind the long prompt"
