@@ -27,7 +27,8 @@ from bench.bench_setup import (LORA, SHAPES, adapter_names, build_random_model, 
                                prompt_of)
 from models import Engine, EngineConfig, SamplingParams  # noqa: E402
 from models.base import resolve_base  # noqa: E402
-from kernel.config import resolve_data_dir  # noqa: E402
+from kernel.data_dir import DataDir, resolve_data_dir  # noqa: E402
+from kernel.files import atomic_write_text  # noqa: E402
 
 BACKENDS = ("hf", "batched")
 
@@ -235,10 +236,7 @@ def meta(args, engines: dict[str, Engine], label: str, tokenizer_kind: str, devi
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)  # readers never see half a file
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")  # readers never see half a file
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -276,8 +274,8 @@ def main(argv=None) -> None:
             base, label = str(folder), f"random-{args.random_weights}"
         else:
             base, tokenizer_kind = args.base, "the model's own"
-            label = Path(resolve_base(args.base, resolve_data_dir() / "models")[0]).name.lower()
-        make_adapters(resolve_base(base, resolve_data_dir() / "models")[1], adapter_dir, args.adapters)
+            label = Path(resolve_base(args.base, DataDir(resolve_data_dir()).models)[0]).name.lower()
+        make_adapters(resolve_base(base, DataDir(resolve_data_dir()).models)[1], adapter_dir, args.adapters)
         engines = load_engines(args, base, adapter_dir, device)
         res = {"meta": meta(args, engines, label, tokenizer_kind, device), **measure(args, engines, names, device)}
         for engine in engines.values():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from kernel.config import resolve_data_dir
+from kernel.data_dir import DataDir, resolve_data_dir
 from models.prompts import build_prompt_ids
 
 PROMPT = "Write a long story about a dragon."  # invites long answers, so runs reach max_new_tokens
@@ -51,7 +51,7 @@ def build_random_model(shape: str, folder: Path) -> tuple[Path, str]:
     """Save a random-weight llama of a real shape (config only, no download); returns (folder, tokenizer kind)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    default = resolve_data_dir() / "models" / DEFAULT_FOLDER_NAME
+    default = DataDir(resolve_data_dir()).models / DEFAULT_FOLDER_NAME
     if (default / "tokenizer.json").is_file():
         tokenizer, kind = AutoTokenizer.from_pretrained(default), "SmolLM2"
     else:

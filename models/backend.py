@@ -3,7 +3,7 @@
 `Engine` (models/engine.py) owns the adapter registry, prompts and checks; a `Backend` runs the
 model: it streams answers for rows, scores continuations, and holds adapter weights. Two exist:
 `HFBackend` (transformers generate + PEFT, the reference) and `BatchedBackend` (its own decode
-loop shared by every caller, the default). `make_backend` picks one from the EngineConfig.
+loop shared by every caller, the default). `models.engine.make_backend` picks one from the EngineConfig.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from typing import Iterator, Protocol
 
 import torch
 
-from kernel.config import EngineConfig, SamplingParams
+from kernel.config import SamplingParams
 
 from .adapters import AdapterInfo
-from .base import LoadedBase, load_base
+from .base import LoadedBase
 from .streaming import StreamEvent
 
 BASE_ROW = "__base__"  # the adapter name of a row that wants the base model (PEFT's name too)
@@ -90,18 +90,6 @@ class Either:
 
     def set(self) -> None:
         self.a.set()
-
-
-def make_backend(config: EngineConfig) -> Backend:
-    """Load the base and wrap it in the configured backend."""
-    from .hf_backend import HFBackend
-
-    if config.backend == "batched":
-        from .batched.backend import load_batched
-
-        return load_batched(config)
-    return HFBackend(load_base(config.base, config.models_dir, config.device, config.quantization,
-                               dtype=forced_dtype(config.dtype)))
 
 
 def forced_dtype(name: str) -> torch.dtype | None:

@@ -8,9 +8,7 @@ loop that every caller's rows join, or the transformers + PEFT reference (`--bac
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -21,12 +19,24 @@ from kernel.config import ArenaError, EngineConfig, SamplingParams
 
 from . import adapters as registry
 from .adapters import WEIGHTS_FILE, AdapterInfo, check_compatible
-from .backend import BASE_ROW, Backend, Row, ScoreRow, make_backend
+from .backend import BASE_ROW, Backend, Row, ScoreRow, forced_dtype
+from .base import load_base
+from .batched.backend import load_batched
+from .hf_backend import HFBackend
 from .prompts import build_prompt_ids, normalize_messages
 from .streaming import GenerationStats, StreamEvent
 
 log = logging.getLogger(__name__)
 BASE = "base"
+
+
+def make_backend(config: EngineConfig) -> Backend:
+    """Load the base and wrap it in the configured backend (here, not in models.backend: the backends
+    import the protocol's module, so it must not import them)."""
+    if config.backend == "batched":
+        return load_batched(config)
+    return HFBackend(load_base(config.base, config.paths.models, config.device, config.quantization,
+                               dtype=forced_dtype(config.dtype)))
 
 
 @dataclass
@@ -71,7 +81,7 @@ class Engine:
 
     @property
     def adapter_dirs(self) -> list[Path]:
-        return [self.config.adapters_dir, *self.config.adapter_dirs]
+        return [self.config.paths.adapters, *self.config.adapter_dirs]
 
     def adapters(self) -> list[AdapterInfo]:
         with self._lock:
@@ -155,10 +165,7 @@ class Engine:
         with self._changing:
             info = self._get(name)
             self.unload_adapter(name, forget=True)
-            trash = self.config.trash_dir / f"{info.path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            trash.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(info.path), trash)
-            return trash
+            return self.config.paths.move_to_trash(info.path)
 
     def _get(self, name: str) -> AdapterInfo:
         with self._lock:

@@ -89,14 +89,14 @@ def test_loading_an_adapter_needs_no_new_capture(pair, cuda_model):
 
     reference, batched = pair
     graphs = batched.backend.graphs.graphs.copy()
-    shutil.copytree(cuda_model / "adapters" / "a3", batched.config.adapters_dir / "late")
+    shutil.copytree(cuda_model / "adapters" / "a3", batched.config.paths.adapters / "late")
     batched.rescan()
     try:
         assert batched.backend.graphs.graphs == graphs  # the very same captured graphs
         late = answer_tokens(batched, [ChatRequest("late", PROMPTS[0], params=GREEDY)])[0]
         assert late == answer_tokens(reference, [ChatRequest("a3", PROMPTS[0], params=GREEDY)])[0]
     finally:
-        shutil.rmtree(batched.config.adapters_dir / "late")
+        shutil.rmtree(batched.config.paths.adapters / "late")
         batched.rescan()
 
 

@@ -118,7 +118,7 @@ def test_loading_and_unloading_never_stops_an_answer(reference, batched, tiny_ad
     long = ChatRequest("a1", PROMPTS[3], params=SamplingParams(max_new_tokens=60))
     stream = batched.stream([long])
     next(stream)
-    extra = batched.config.adapters_dir
+    extra = batched.config.paths.adapters
     shutil.copytree(tiny_adapters / "a3", extra / "late")  # as a finished training job would
     try:
         batched.rescan()

@@ -38,7 +38,7 @@ def load_batched(config: EngineConfig) -> Backend:
     """The batched backend, or the reference with a note saying why the base cannot be batched here."""
     reason = _config_refusal(config)
     dtype, why = choose_dtype(config.dtype, config.device, batched=not reason)
-    base = load_base(config.base, config.models_dir, config.device, config.quantization, dtype=dtype)
+    base = load_base(config.base, config.paths.models, config.device, config.quantization, dtype=dtype)
     if why:
         base.notes.append(why)
     reason = reason or unsupported_reason(base.model)
@@ -55,7 +55,7 @@ def _config_refusal(config: EngineConfig) -> str:
     if config.quantization and on_cuda:  # elsewhere load_base ignores it (and says so)
         return f"{config.quantization} quantization"
     try:
-        _, source = resolve_base(config.base, config.models_dir)
+        _, source = resolve_base(config.base, config.paths.models)
         kind = AutoConfig.from_pretrained(source, local_files_only=hub_offline()).model_type
     except Exception:  # an unloadable base: load_base will say why in its own words
         return ""
