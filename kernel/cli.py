@@ -72,7 +72,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                          help="batched: one decode loop shared by every request, each row its own adapter (default); "
                               "hf: transformers generate + PEFT, one request at a time (the reference)")
     serving.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
-                         help="auto: bf16 on CUDA; on a CPU whichever measures faster (batched) or fp32 (hf)")
+                         help="auto: bf16 on CUDA; on a CPU bf16 where it has bf16 instructions (batched), else fp32")
     serving.add_argument("--kv-budget-mb", type=int, default=None, metavar="MB",
                          help="KV cache of the batched backend (default 1024 on a CPU; on CUDA every row its full "
                               "context, within 40%% of free memory)")

@@ -68,8 +68,8 @@ class EngineConfig:
     device: str | None = None  # None picks CUDA when present, else CPU
     load_adapters: bool = True  # load every compatible adapter at start
     backend: str = "batched"  # batched: one shared decode loop; hf: transformers generate + PEFT (reference)
-    dtype: str = "auto"  # auto: bf16 on CUDA; on a CPU what measures faster (batched) or fp32 (hf)
-    kv_budget_mb: int | None = None  # KV cache of the batched backend (None: 2 GB on CPU, sized to fit on CUDA)
+    dtype: str = "auto"  # auto: bf16 on CUDA; on a CPU bf16 if it has bf16 instructions (batched), else fp32
+    kv_budget_mb: int | None = None  # KV cache of the batched backend (None: 1 GB on CPU, sized to fit on CUDA)
     max_batch: int | None = None  # rows decoded together (None: 16 on CPU, 32 on CUDA)
     max_loras: int = 8  # CUDA: adapter slots of the batched backend, fixed so captured graphs stay valid
     max_lora_rank: int = 32  # CUDA: the largest rank those slots hold; larger adapters use the reference path
