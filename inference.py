@@ -45,11 +45,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def list_variants(engine: Engine) -> None:
     info = engine.info()
     print(f"base  {info['name']}  ({info['parameters'] / 1e6:.1f}M parameters, {info['dtype']}, {info['device']})")
+    print(f"      served by the {info['backend']}" + (f"; KV cache {info['kv_cache']}" if info.get("kv_cache") else ""))
     for note in info["notes"]:
         print(f"      note: {note}")
     for adapter in engine.adapters():
         detail = adapter.reason if adapter.status == "failed" else f"r={adapter.rank} alpha={adapter.alpha}"
-        print(f"{adapter.status:<9} {adapter.name}  {detail}")
+        served = f"  [{adapter.served_by}]" if adapter.served_by else ""
+        print(f"{adapter.status:<9} {adapter.name}  {detail}{served}")
     if not engine.adapters():
         print(f"(no adapters in {', '.join(str(d) for d in engine.adapter_dirs)})")
 
@@ -114,7 +116,7 @@ def check_prompt(messages: list[dict], max_chars: int) -> None:
 
 
 def prompt_limit(engine: Engine) -> int:
-    return engine.context_limit * max_token_chars(engine.base.tokenizer)
+    return engine.context_limit * max_token_chars(engine.tokenizer)
 
 
 def run_file(engine: Engine, args, variants, params) -> None:

@@ -27,6 +27,7 @@ from .models_tab import ModelsTab
 from .settings import AppContext, AppSettings, SessionRequests
 from .training_tab import TrainingTab
 from .widgets import session_of
+from .zerogpu import on_zerogpu
 
 log = logging.getLogger(__name__)
 CSS = """
@@ -125,10 +126,13 @@ def serve(args: argparse.Namespace) -> None:
     endpoints = parse_judge_endpoints(args.judge_endpoint) if args.judge_endpoint else None
     settings = AppSettings.from_env(host=args.host, port=args.port, public=args.public,
                                     auth=AppSettings.parse_auth(args.auth), judge_endpoints=endpoints)
+    if args.backend is None and on_zerogpu():
+        args.backend = "hf"
+        log.info("ZeroGPU: serving with the reference backend (a GPU is lent per call)")
     engine = Engine.load(engine_config_from_args(args))
     ctx = make_context(engine, settings)  # a store it cannot open stops it here, before "serving"
-    log.info("serving %s with %d adapters on http://%s:%d", engine.base.name, len(engine.variants()) - 1,
-             settings.host, settings.port)
+    log.info("serving %s with %d adapters (%s backend) on http://%s:%d", engine.base_name,
+             len(engine.variants()) - 1, engine.backend.name, settings.host, settings.port)
     launch(ctx)
 
 

@@ -25,13 +25,8 @@ def fingerprint(*parts) -> str:
 
 
 def variant_fingerprint(engine, variant: str) -> str:
-    """The base's name for 'base'; for an adapter, its weight file's size and time of change."""
-    if variant == "base":
-        return fingerprint(engine.base.name, engine.base.path)
-    info = {a.name: a for a in engine.adapters()}.get(variant)
-    weights = Path(info.path) / "adapter_model.safetensors" if info else None
-    stat = weights.stat() if weights and weights.exists() else None
-    return fingerprint(engine.base.name, variant, stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0)
+    """Changes when the variant's weights do: the base for 'base', an adapter's weight file's size and time."""
+    return fingerprint(*engine.variant_identity(variant))
 
 
 class AnswerStore:

@@ -15,7 +15,7 @@ import sys
 import traceback
 from typing import Callable, NoReturn
 
-from .config import EngineConfig, SamplingParams
+from .config import BACKENDS, DTYPE_CHOICES, EngineConfig, SamplingParams
 from .data_dir import resolve_data_dir
 from .errors import ArenaError, first_line
 
@@ -84,12 +84,30 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                        help="extra folder of LoRA adapters (repeatable); DATA_DIR/adapters is always read")
     group.add_argument("--quantize", choices=["4bit", "8bit"], default=None, help="bitsandbytes quantisation (CUDA only)")
     group.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    serving = parser.add_argument_group("serving")
+    serving.add_argument("--backend", choices=BACKENDS, default=os.environ.get("ARENA_BACKEND"),
+                         help="batched: one decode loop shared by every request, each row its own adapter (default); "
+                              "hf: transformers generate + PEFT, one request at a time (the reference)")
+    serving.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                         help="auto: bf16 on CUDA; on a CPU bf16 where it has bf16 instructions (batched), else fp32")
+    serving.add_argument("--kv-budget-mb", type=int, default=None, metavar="MB",
+                         help="KV cache of the batched backend (default 1024 on a CPU; on CUDA every row its full "
+                              "context, within 40%% of free memory)")
+    serving.add_argument("--max-batch", type=int, default=None, metavar="ROWS",
+                         help="rows answered at once by the batched backend (default 16 on a CPU, 32 on CUDA); "
+                              "more wait, and see their place in line")
+    serving.add_argument("--max-loras", type=int, default=8, help="CUDA: adapters held in the batched backend's stacks")
+    serving.add_argument("--max-lora-rank", type=int, default=32,
+                         help="CUDA: largest rank those stacks hold; larger adapters are served by the reference path")
+    serving.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: decode eagerly, without captured graphs")
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         base=args.base, data_dir=resolve_data_dir(args.data_dir), adapter_dirs=args.adapters_dir,
-        quantization=args.quantize, device=args.device,
+        quantization=args.quantize, device=args.device, backend=args.backend or "batched", dtype=args.dtype,
+        kv_budget_mb=args.kv_budget_mb, max_batch=args.max_batch, max_loras=args.max_loras,
+        max_lora_rank=args.max_lora_rank, cuda_graphs=not args.no_cuda_graphs,
     )
 
 
@@ -101,10 +119,12 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int = 256
     group.add_argument("--top-k", type=int, default=0, help="0 = off")
     group.add_argument("--repetition-penalty", type=float, default=1.0)
     group.add_argument("--seed", type=int, default=None, help="a whole number from 0 to 2**32 - 1")
+    group.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                       help="end the answer before this text (repeatable)")
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
     return SamplingParams(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-        top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed,
+        top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed, stop=tuple(args.stop),
     )

@@ -71,6 +71,7 @@ class AdapterInfo:
     base_model: str = ""
     card: dict = field(default_factory=dict)
     trainable_parameters: int | None = None
+    served_by: str = ""  # once loaded: which backend path answers with it, and why when it is not the usual one
 
     @property
     def created(self) -> str:
@@ -90,7 +91,7 @@ class AdapterInfo:
             "name": self.name, "status": self.status, "reason": self.reason, "rank": self.rank,
             "alpha": self.alpha, "target_modules": ",".join(self.target_modules), "dora": self.use_dora,
             "trainable_parameters": self.trainable_parameters, "base": self.base_model,
-            "created": self.created, "dataset": self.dataset, "path": str(self.path),
+            "created": self.created, "dataset": self.dataset, "path": str(self.path), "served_by": self.served_by,
         }
 
 

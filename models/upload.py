@@ -18,9 +18,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from .adapters import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, AdapterInfo, check_compatible, inspect_folder, validate_name
 from kernel.errors import ArenaError, write_error
 from kernel.files import megabytes as _mb
+
+from .adapters import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, AdapterInfo, inspect_folder, validate_name
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -217,7 +218,7 @@ def _extract(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, target: Path, bud
 def _check(folder: Path, engine: Engine) -> None:
     """The registry's own checks, run while the adapter is still invisible."""
     info = inspect_folder(folder)
-    reason = info.reason or check_compatible(info, engine.base)
+    reason = info.reason or engine.check_adapter(info)
     if reason:
         raise ArenaError(f"adapter refused: {reason}")
 

@@ -90,6 +90,17 @@ def shared_data() -> Path:
     return repo.parent / "shared" / "data"
 
 
+def final_events(engine, requests) -> list:
+    """The done event of each request of one Engine.stream call, in request order."""
+    done = {e.index: e for e in engine.stream(requests) if e.done}
+    return [done[i] for i in range(len(requests))]
+
+
+def answer_tokens(engine, requests) -> list[list[int]]:
+    """The answer's token ids of each request of one Engine.stream call, in request order."""
+    return [e.token_ids for e in final_events(engine, requests)]
+
+
 def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
     """Poll until `predicate()` is truthy and return its value; fail naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
