@@ -128,7 +128,7 @@ class TrainingTab:
     @needs(Need.OPERATOR, TRAINING)
     @user_errors
     def _check(self, data: dict):
-        result = check_dataset(self._config(data), self.ctx.engine.config.data_dir, tokenizer=self.ctx.engine.base.tokenizer)
+        result = check_dataset(self._config(data), self.ctx.engine.config.data_dir, tokenizer=self.ctx.engine.tokenizer)
         return result.markdown, result.preview_html
 
     @needs(Need.OPERATOR, TRAINING)
@@ -136,7 +136,7 @@ class TrainingTab:
     def _start(self, data: dict):
         cfg = self._config(data)
         validate_name(cfg.name)
-        result = check_dataset(cfg, self.ctx.engine.config.data_dir, tokenizer=self.ctx.engine.base.tokenizer)
+        result = check_dataset(cfg, self.ctx.engine.config.data_dir, tokenizer=self.ctx.engine.tokenizer)
         check_device_memory(cfg, self.ctx.engine)
         job = self.ctx.jobs.submit(cfg)
         note = f"Job **{job.id}** queued for adapter **{cfg.name}**.\n\n{result.markdown}"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ContextManager
 
 from kernel import sqlite_store
 from kernel.clock import utc_now_iso
@@ -138,7 +138,7 @@ class VoteStore:
         with self._connect() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0])
 
-    def _connect(self) -> closing[sqlite3.Connection]:
+    def _connect(self) -> ContextManager[sqlite3.Connection]:
         return sqlite_store.connect(self.path, "vote store")
 
     def _migrate(self) -> None:

@@ -66,11 +66,11 @@ def measure_one(args) -> dict:
     start = time.perf_counter()
     engine = Engine.load(config)
     load_s = time.perf_counter() - start
-    if engine.base.quantization != quantization:
-        raise SystemExit(f"{args.one}: {'; '.join(engine.base.notes)}")
+    if engine.backend.base.quantization != quantization:
+        raise SystemExit(f"{args.one}: {'; '.join(engine.backend.base.notes)}")
     loaded = memory()
     params = SamplingParams(max_new_tokens=args.max_new_tokens)
-    result = {"precision": args.one, "load_s": load_s, "weights_mb": round(weight_bytes(engine.base.model) / 2**20, 1),
+    result = {"precision": args.one, "load_s": load_s, "weights_mb": round(weight_bytes(engine.backend.base.model) / 2**20, 1),
               "saved_mb": engine.info()["memory_saved_mb"], "quantization": engine.info()["quantization"],
               "memory_before_load": before, "memory_after_load": loaded,
               "base": decode_speed(engine, "base", params, args.repeats),

@@ -13,19 +13,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from pathlib import Path
 
-from kernel.cli import EXIT_PARTIAL, add_engine_args, engine_config_from_args, quiet_libraries, run_command
+from kernel.cli import EXIT_PARTIAL, Parser, add_engine_args, engine_config_from_args, quiet_libraries, run_command
+from kernel.errors import ArenaError
 
 from .numbers import LM_EVAL_FLEXIBLE, MODES
 
 quiet_libraries()  # before any command imports transformers
 
+PROG = "python -m evaluation"
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run variants over a suite and write a report")
     run.add_argument("--suite", required=True, help="JSONL suite (see evaluation/suites/)")
@@ -86,6 +90,8 @@ def command_run(args) -> None:
     cfg = EvalConfig(suite=args.suite, variants=[v.strip() for v in args.variants.split(",") if v.strip()],
                      judge=args.judge, max_new_tokens=args.max_new_tokens, limit=args.limit,
                      categories=args.categories.split(",") if args.categories else None, stages=args.stages)
+    if args.report and os.path.isdir(args.report):
+        raise ArenaError(f"--report {args.report} is a folder: give a file name")
     engine = load_engine(args)
     judge = judge_from_spec(args.judge, engine) if args.judge else None
     run = run_with_progress_bar(engine, cfg, judge)
@@ -165,7 +171,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     command = {"run": command_run, "generate-data": command_generate, "score": command_score,
                "import": command_import}[args.command]
-    return run_command(lambda: command(args), interrupted="interrupted: run it again to reuse what was done")
+    return run_command(lambda: command(args), interrupted="interrupted: stored answers are reused when you run it again")
 
 
 if __name__ == "__main__":

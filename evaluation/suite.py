@@ -21,6 +21,8 @@ from kernel.errors import ArenaError
 from kernel.files import BadRow, json_lines, read_text
 
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+MAX_SUITE_BYTES = 64 * 2**20  # MT-bench is 0.1 MB; a suite is read whole on every run
+MAX_CASE_CHARS = 2**20  # one case's line: far more than any model's context holds
 PROBLEMS_IN_ERROR = 3  # enough to show the pattern of a broken file without a wall of text
 
 
@@ -170,6 +172,8 @@ def case_notes(case: Case) -> list[Problem]:
 
 def parse_row(value: object) -> tuple[dict | None, str]:
     if isinstance(value, BadRow):
+        if value.kind == "line too long":
+            return None, f"the line is {value.detail}"
         return None, f"{value.kind} ({value.detail})"
     if not isinstance(value, dict):
         return None, "expected a JSON object (one case per line)"
@@ -191,7 +195,7 @@ def load_suite(path: str | Path) -> SuiteLoad:
     problems: list[Problem] = []
     notes: list[Problem] = []
     first_line_of: dict[str, int] = {}  # ids compared as text: 7 and "7" would be the same row in a report
-    for number, value in json_lines(read_text(path, "suite file")):
+    for number, value in json_lines(read_text(path, "suite file", max_bytes=MAX_SUITE_BYTES), MAX_CASE_CHARS):
         row, reason = parse_row(value)
         case, reason = parse_case(row, number) if row is not None else (None, reason)
         if case is not None and str(case.id) in first_line_of:

@@ -15,7 +15,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import ArenaError
+from .errors import ArenaError, write_error
+
+# Files are read whole into memory, and each parsed row takes several times its bytes there: a 10 GB or a
+# binary file is refused before a byte of it is held or parsed.
+MAX_TEXT_BYTES = 256 * 2**20
+MAX_LINE_CHARS = 2**20  # one record: a prompt, an answer, a vote's conversation, a training row
 
 
 class BadRow(Exception):
@@ -28,13 +33,22 @@ class BadRow(Exception):
 
 # --- reading -------------------------------------------------------------------------------------------------
 
-def read_text(path: str | Path, what: str = "file", empty_ok: bool = True) -> str:
-    """A UTF-8 text file (a BOM from spreadsheet exports is dropped), or an error naming it."""
+def read_text(path: str | Path, what: str = "file", empty_ok: bool = True, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """A UTF-8 text file (a BOM from spreadsheet exports is dropped) no larger than max_bytes, or an error
+    naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise ArenaError(f"{path}: no such {what}")
+    try:
+        if not path.is_file():
+            raise ArenaError(f"{path}: no such {what}")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ArenaError(f"{path}: the {what} is {megabytes(size)} MB, more than the limit of "
+                             f"{megabytes(max_bytes)} MB; split it")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ArenaError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     try:  # plain utf-8, not utf-8-sig, so the byte offset counts a BOM too
-        text = path.read_bytes().decode("utf-8").removeprefix("\ufeff")
+        text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         raise ArenaError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     if not empty_ok and not text.strip():
@@ -42,14 +56,37 @@ def read_text(path: str | Path, what: str = "file", empty_ok: bool = True) -> st
     return text
 
 
-def json_lines(text: str) -> list[tuple[int, object]]:
-    """(line number, value) for every non-blank line; a line that is not JSON is a BadRow in its place."""
+def too_long(length: int, limit: int, unit: str = "characters") -> str:
+    """The reason a line or row is refused: '' when it is within the limit."""
+    return f"{length:,} {unit}, more than the {limit:,} allowed" if length > limit else ""
+
+
+def megabytes(size: int) -> str:
+    value = size / 2**20
+    return f"{value:.1f}" if value >= 0.1 else f"{value:.2g}"  # tiny test limits must not read as 0.0
+
+
+def parse_json(text: str | bytes) -> object:
+    """json.loads, where JSON nested deeper than Python's stack is the JSONDecodeError it is, not a crash."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text if isinstance(text, str) else "", 0) from None
+
+
+def json_lines(text: str, max_line_chars: int | None = None) -> list[tuple[int, object]]:
+    """(line number, value) for every non-blank line; a line that is not JSON, or longer than max_line_chars
+    (when given), is a BadRow in its place."""
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        reason = too_long(len(line), max_line_chars) if max_line_chars else ""
+        if reason:
+            rows.append((number, BadRow("line too long", reason)))
+            continue
         try:
-            rows.append((number, json.loads(line)))
+            rows.append((number, parse_json(line)))
         except ValueError as exc:
             rows.append((number, BadRow("not valid JSON", exc.msg)))
     return rows
@@ -58,9 +95,10 @@ def json_lines(text: str) -> list[tuple[int, object]]:
 def parse_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
     """(line number, object) per non-blank line; the first bad line raises, naming file and line."""
     rows = []
-    for number, value in json_lines(text):
+    for number, value in json_lines(text, MAX_LINE_CHARS):
         if isinstance(value, BadRow):
-            raise ArenaError(f"{path} line {number}: not valid JSON ({value.detail})")
+            reason = f"not valid JSON ({value.detail})" if value.kind == "not valid JSON" else value.detail
+            raise ArenaError(f"{path} line {number}: {reason}")
         if not isinstance(value, dict):
             raise ArenaError(f"{path} line {number}: expected a JSON object")
         rows.append((number, value))
@@ -74,7 +112,7 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
 
 def parse_json_array(path: Path, text: str) -> list:
     try:
-        values = json.loads(text)
+        values = parse_json(text)
     except ValueError as exc:
         raise ArenaError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
     if not isinstance(values, list):
@@ -116,7 +154,7 @@ def csv_row(record: dict, json_columns: tuple[str, ...]) -> dict:
         key = key.strip()
         if key in json_columns and value.lstrip()[:1] in ("[", "{"):
             try:
-                value = json.loads(value)
+                value = parse_json(value)
             except ValueError:
                 pass  # left as text: the caller then reports the wrong type for this field
         row[key] = value
@@ -140,28 +178,59 @@ def complete_records(path: str | Path) -> tuple[list[dict], bool]:
 
 
 def load_done(path: str | Path) -> list[dict]:
-    """Complete records of an earlier, possibly interrupted run; a torn last line is dropped from the file."""
-    records, torn = complete_records(path)
-    if torn:
+    """Complete records of an earlier, possibly interrupted run; a torn last line is dropped from the file.
+
+    Any other line that is not a JSON object means the file is not one this program wrote: it is
+    refused, never rewritten, so pointing the output at someone else's file loses nothing.
+    """
+    path = Path(path)
+    refuse_folder(path)
+    if not path.is_file():
+        return []
+    lines = read_text(path).splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = parse_json(line)
+        except ValueError:
+            if number == len(lines):
+                continue  # torn by a kill mid-write
+            record = None
+        if not isinstance(record, dict):
+            raise ArenaError(f"{path} line {number} is not a record this program wrote: "
+                             "choose another output file")
+        records.append(record)
+    if len(records) < len(lines):  # killed mid-write: redo that record
         atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return records
 
 
 # --- writing -------------------------------------------------------------------------------------------------
 
+def refuse_folder(path: Path) -> None:
+    if path.is_dir():
+        raise ArenaError(f"{path} is a folder: give a file name")
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temp file beside the target, then rename: readers never see half a file."""
+    """Write to a temp file beside the target, then rename: readers never see half a file, and a full disk
+    leaves the old file as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    refuse_folder(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(exc, path) from None
         raise
 
 
@@ -177,16 +246,27 @@ class JsonlAppender:
     """Appends one record per line and flushes it, so an interrupted run loses at most one line."""
 
     def __init__(self, path: str | Path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(path, "a", encoding="utf-8")
+        self.path = Path(path)
+        refuse_folder(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise write_error(exc, self.path) from None
 
     def write(self, record: dict) -> None:
-        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
+        try:
+            self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+        except OSError as exc:
+            raise write_error(exc, self.path) from None
 
     def close(self) -> None:
-        self.handle.close()
+        try:
+            self.handle.close()
+        except OSError:
+            pass  # only after a failed write, which already said why
 
     def __enter__(self):
         return self

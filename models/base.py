@@ -68,7 +68,13 @@ def short_name(name_or_path: str) -> str:
 
 def pick_device(requested: str | None = None) -> torch.device:
     if requested:
-        return torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise ArenaError(f"unknown device '{requested}': use cpu or cuda") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ArenaError(f"device '{requested}': this machine has no CUDA GPU that torch can use; use cpu")
+        return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -145,7 +151,7 @@ def usable_quantization(quantization: str | None, device: torch.device, notes: l
 
 
 def load_base(spec: str, models_dir: Path, device: str | None = None,
-              quantization: str | None = None, dtype: str | None = None) -> LoadedBase:
+              quantization: str | None = None, dtype: torch.dtype | None = None) -> LoadedBase:
     """Load tokenizer and model onto one device: CUDA in bf16 with sdpa, else CPU in fp32; the linear
     layers in 4-bit NF4 or 8-bit LLM.int8 when asked (bitsandbytes, on CUDA or the CPU)."""
     start = time.perf_counter()
@@ -153,7 +159,7 @@ def load_base(spec: str, models_dir: Path, device: str | None = None,
     dev = pick_device(device)
     notes: list[str] = []
     quantization = usable_quantization(quantization, dev, notes)
-    dtype = getattr(torch, dtype) if dtype else torch.bfloat16 if dev.type == "cuda" else torch.float32
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     offline = hub_offline()
     kwargs = dict(dtype=dtype, attn_implementation="sdpa", local_files_only=offline)
     try:

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from .adapters import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, AdapterInfo, check_compatible, inspect_folder, validate_name
-from kernel.errors import ArenaError
+from kernel.errors import ArenaError, write_error
+from kernel.files import megabytes as _mb
+
+from .adapters import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, AdapterInfo, inspect_folder, validate_name
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -54,9 +56,10 @@ def install_adapter(engine: Engine, name: str, files: list[Path], max_bytes: int
     files = [Path(f) for f in files]
     _refuse_taken_name(engine, name, replace)
     root = engine.config.paths.adapters
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".upload-{name}-", dir=root))
+    staging = None
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".upload-{name}-", dir=root))
         # A folder named like the adapter, because inspect_folder checks the folder's name.
         candidate = staging / name
         candidate.mkdir()
@@ -66,8 +69,11 @@ def install_adapter(engine: Engine, name: str, files: list[Path], max_bytes: int
             _retire(engine, name)  # only now: a refused upload must not cost the old adapter
         _move_into_place(candidate, root / name)
         info = _load(engine, name, staging)
+    except OSError as exc:  # a full disk above all: say so, and where
+        raise write_error(exc, root / name) from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     if skipped:
         log.info("upload '%s': ignored %s", name, ", ".join(skipped))
     values = {f.name: getattr(info, f.name) for f in fields(AdapterInfo)}
@@ -113,11 +119,6 @@ def _unpack(files: list[Path], target: Path, max_bytes: int) -> list[str]:
 def _check_size(what: str, size: int, max_bytes: int) -> None:
     if size > max_bytes:
         raise ArenaError(f"{what} {_mb(size)} MB, more than the limit of {_mb(max_bytes)} MB")
-
-
-def _mb(size: int) -> str:
-    value = size / 2**20
-    return f"{value:.1f}" if value >= 0.1 else f"{value:.2g}"  # tiny test limits must not read as 0.0
 
 
 def _copy_loose(files: list[Path], target: Path) -> list[str]:
@@ -205,8 +206,10 @@ def _extract(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, target: Path, bud
                 if written > budget:
                     raise ArenaError(f"{zip_name} unpacks to more than {_mb(max_bytes)} MB, the limit")
                 sink.write(chunk)
-    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError) as exc:
         raise ArenaError(f"{zip_name}: cannot unpack '{entry.filename}' ({exc})") from None
+    except OSError as exc:
+        raise write_error(exc, target) from None
     return written
 
 
@@ -215,7 +218,7 @@ def _extract(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, target: Path, bud
 def _check(folder: Path, engine: Engine) -> None:
     """The registry's own checks, run while the adapter is still invisible."""
     info = inspect_folder(folder)
-    reason = info.reason or check_compatible(info, engine.base)
+    reason = info.reason or engine.check_adapter(info)
     if reason:
         raise ArenaError(f"adapter refused: {reason}")
 

@@ -103,6 +103,6 @@ def test_a_few_qlora_steps_on_the_default_model_serve_on_its_full_precision_base
     config = json.loads((data / "adapters" / "q-default" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     engine = Engine.load(EngineConfig(base=str(default_model_path), data_dir=data))
-    assert "q-default" in engine.variants() and engine.base.quantization is None
+    assert "q-default" in engine.variants() and engine.backend.base.quantization is None
     base, adapter = engine.compare(["base", "q-default"], FRANCE, params=GREEDY)
     assert adapter.text and adapter.text != base.text  # two steps move it (not yet to "Ahoy!")

@@ -218,7 +218,7 @@ def test_a_follow_up_turn_still_sends_the_first_turns_sources_to_every_column(ti
     _, sent = search_for_turn(search, "capital of France")
     columns = list(answer_turn(tiny_engine, columns, "capital of France", sent=sent))[-1]
     columns = list(answer_turn(tiny_engine, columns, "tell me more about [1]"))[-1]
-    tokenizer = tiny_engine.base.tokenizer
+    tokenizer = tiny_engine.tokenizer
     for column in columns:
         first_answer = column.history[1]["content"]
         expected = [{"role": "user", "content": sent}, {"role": "assistant", "content": first_answer},

@@ -100,7 +100,7 @@ def test_a_full_fine_tune_is_a_new_base_model(jobs, tiny_model_path):
     assert not torch.equal(before["model.layers.0.mlp.down_proj.weight"], after["model.layers.0.mlp.down_proj.weight"])
 
     engine = Engine.load(EngineConfig(base="full-ahoy", data_dir=jobs))  # a name under DATA/models
-    assert engine.base.name == "full-ahoy" and engine.generate("base", QUESTION, params=GREEDY).text
+    assert engine.backend.base.name == "full-ahoy" and engine.generate("base", QUESTION, params=GREEDY).text
     adapters = {a.name: a for a in engine.adapters()}
     assert adapters["q-ahoy"].status == "failed" and "made for base 'tiny-llama'" in adapters["q-ahoy"].reason
 

@@ -204,12 +204,14 @@ def test_wrong_file_sets_are_refused(engine, a1, tmp_path, pick, message):
     assert listing(engine.config.paths.adapters) == before
 
 
-def test_adapter_that_peft_refuses_is_taken_back_out(engine, a1, tmp_path):
-    """Our checks pass (layer sizes fit) but the config's rank disagrees with the weights: PEFT itself fails."""
-    folder = tmp_path / "rank-lie"
+def test_adapter_that_peft_refuses_is_taken_back_out(tiny_model_path, a1, tmp_path):
+    """Our checks pass (layers, shapes and rank fit) but PEFT itself refuses an option of the config. Only the
+    reference backend asks PEFT; the batched one reads the weights itself, so the engine here is the reference."""
+    engine = Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=tmp_path / "data", backend="hf"))
+    folder = tmp_path / "init-lie"
     shutil.copytree(a1, folder)
     config = json.loads((folder / "adapter_config.json").read_text())
-    config["r"] = 4  # the weights are rank 8
+    config["init_lora_weights"] = "bogus"  # PEFT knows true, false and named methods such as "gaussian"
     (folder / "adapter_config.json").write_text(json.dumps(config))
     before = listing(engine.config.paths.adapters)
     with pytest.raises(ArenaError, match=r"^adapter 'peft-fails' could not be loaded: PEFT could not load it: "):

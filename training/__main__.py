@@ -11,7 +11,7 @@ import dataclasses
 import os
 import sys
 
-from kernel.cli import quiet_libraries, run_command
+from kernel.cli import Parser, quiet_libraries, run_command
 from kernel.data_dir import DataDir, resolve_data_dir
 from kernel.errors import ArenaError
 
@@ -36,8 +36,11 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=field.name, default=None)
 
 
+PROG = "python -m training"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="a job.yaml; options given here override it")
     parser.add_argument("--data-dir", default=None, help="default $ARENA_DATA_DIR or ./arena_data")
     parser.add_argument("--job-id", default=None, help="(set by the app) the job record to report to")
@@ -84,6 +87,9 @@ def run_job(args: argparse.Namespace, reporters: list) -> None:
     """Check, or train and report to the job's record; the reporter goes into `reporters` once there is one."""
     data_dir = resolve_data_dir(args.data_dir)
     cfg = build_config(args)
+    from .check import check_targets
+
+    check_targets(cfg, DataDir(data_dir).models)  # before a job record exists: a typo leaves none behind
     if args.check:
         from .check import print_check
 

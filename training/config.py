@@ -11,8 +11,9 @@ from pathlib import Path
 import yaml
 
 from models.adapters import validate_name
+from kernel.config import MAX_SEED, valid_seed
 from kernel.errors import ArenaError, first_line
-from kernel.files import atomic_write_text
+from kernel.files import atomic_write_text, read_text
 
 FORMATS = ("auto", "text", "alpaca", "sharegpt", "messages", "prompt_completion")
 METHODS = ("lora", "rslora", "dora", "qlora", "full")  # full: every weight, written as a new base model
@@ -20,11 +21,16 @@ TARGET_PRESETS = {
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],  # the TinyLlama seed run's choice
     "all-linear": "all-linear",
 }
+MAX_CONFIG_BYTES = 2**20  # a job file is a page of options
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 # The Training tab's "Quick CPU demo" preset, here so bench/cost_table.py trains with the same values.
 QUICK_CPU_DEMO = dict(method="lora", rank=16, alpha=32, dropout=0.05, target_modules="attention",
                       learning_rate=1e-3, lr_scheduler="cosine", epochs=5.0, max_steps=-1, batch_size=4,
                       grad_accum=1, max_length=256, eval_every=9, early_stopping_patience=0)
+# What each annotation accepts, and how to say it (an int is a float too; a bool is not an int here).
+FIELD_TYPES = {"str": ((str,), "text"), "int": ((int,), "a whole number"), "float": ((int, float), "a number"),
+               "bool": ((bool,), "true or false"), "dict": ((dict,), "a mapping"),
+               "str | None": ((str, type(None)), "text or empty"), "str | list[str]": ((str, list), "text or a list")}
 
 
 @dataclass
@@ -68,6 +74,7 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        self.check_types()
         validate_name(self.name)
         checks = [
             (self.format in FORMATS, f"format must be one of {', '.join(FORMATS)}"),
@@ -87,11 +94,22 @@ class TrainConfig:
             (self.early_stopping_patience >= 0, "early_stopping_patience must be 0 (off) or more"),
             (not (self.method == "full" and self.init_adapter),
              "init_adapter continues a LoRA adapter; method full trains the base's own weights: drop one of them"),
+            (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
+            (self.logging_steps >= 1, "logging_steps must be at least 1"),
+            (valid_seed(self.seed), f"seed must be a whole number from 0 to {MAX_SEED}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ArenaError(f"training config: {message}")
         self.target_list()
+
+    def check_types(self) -> None:
+        """A job file is typed by hand: `rank: "16"` gets a line naming the field, not a TypeError later."""
+        for f in fields(self):
+            value, (kinds, wanted) = getattr(self, f.name), FIELD_TYPES.get(str(f.type), ((object,), ""))
+            if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+                continue
+            raise ArenaError(f"training config: {f.name} must be {wanted}, not {type(value).__name__}")
 
     def target_list(self) -> str | list[str]:
         """Module names for PEFT: a preset expanded, or the user's list."""
@@ -101,6 +119,8 @@ class TrainConfig:
             names = [t.strip() for t in self.target_modules.split(",") if t.strip()]
         else:
             names = list(self.target_modules)
+        if not all(isinstance(n, str) and n.strip() for n in names):
+            raise ArenaError("training config: target_modules must be module names (text)")
         if not names:
             raise ArenaError("training config: target_modules is empty")
         return names
@@ -130,11 +150,10 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
         path = Path(path)
-        if not path.is_file():
-            raise ArenaError(f"{path}: no such config file")
+        text = read_text(path, "config file", max_bytes=MAX_CONFIG_BYTES)
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
+            values = yaml.safe_load(text) or {}
+        except (yaml.YAMLError, RecursionError) as exc:
             raise ArenaError(f"{path}: not valid YAML ({first_line(exc)})") from None
         if not isinstance(values, dict):
             raise ArenaError(f"{path}: expected a mapping of option: value")

@@ -15,10 +15,9 @@ import re
 import secrets
 import sqlite3
 import time
-from contextlib import closing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 from kernel import sqlite_store
 from kernel.clock import utc_now_iso
@@ -245,7 +244,7 @@ class JobStore:
                 raise ArenaError(f"{self.path}: job {record['id']} has unreadable {name}") from None
         return Job(**record)
 
-    def _connect(self) -> closing[sqlite3.Connection]:
+    def _connect(self) -> ContextManager[sqlite3.Connection]:
         return sqlite_store.connect(self.path, "job store")
 
     def _migrate(self) -> None:
