@@ -2,6 +2,7 @@
 
     python -m evaluation run --suite evaluation/suites/starter.jsonl --variants base,ahoy --report report.md
     python -m evaluation run --suite evaluation/suites/mt_bench.jsonl --variants base,ahoy --judge base
+    python -m evaluation preference --pairs heldout.jsonl --variants base,ahoy,ahoy-dpo --report pref.md
     python -m evaluation generate-data --input reviews.csv --field text --template review_replies \\
         --teacher http://localhost:8000/v1?model=qwen --output replies.json
     python -m evaluation score --suite suite.jsonl --answers answers.jsonl --verdicts verdicts.jsonl --report r.md
@@ -41,6 +42,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="the variants are successive stages of one fine-tune, in training order: also compare "
                           "each with the one before it and name the categories it forgot or won back")
     add_engine_args(run)
+    pref = commands.add_parser("preference", help="how often each variant prefers the chosen answer of held-out pairs")
+    pref.add_argument("--pairs", required=True, help="preference pairs: the Leaderboard's JSONL or a sharegpt JSON file")
+    pref.add_argument("--variants", default="base", help="comma-separated; the first is the reference (base, or the "
+                                                         "adapter a DPO run started from)")
+    pref.add_argument("--report", default=None, help="Markdown report path (default: in the run folder)")
+    pref.add_argument("--limit", type=int, default=None, help="only the first N pairs")
+    pref.add_argument("--batch-size", type=int, default=16, help="rows per forward pass")
+    pref.add_argument("--stages", action="store_true", help="as for run: each variant against the one before it")
+    add_engine_args(pref)
     gen = commands.add_parser("generate-data", help="make an instruction dataset with a teacher model")
     gen.add_argument("--input", required=True, help="CSV, JSONL or text file of raw texts")
     gen.add_argument("--field", default="text", help="the column or key holding the text")
@@ -84,13 +94,28 @@ def command_run(args, engine) -> None:
     print(f"report: {paths['markdown']} (and {paths['html'].name}, {paths['chart'].name}); answers: {run.run_dir / 'answers.jsonl'}")
 
 
-def run_with_progress_bar(engine, cfg, judge):
+def command_preference(args, engine) -> None:
+    from .preference import run_preference
+    from .report import write_report
+    from .runner import EvalConfig
+
+    cfg = EvalConfig(suite=args.pairs, variants=[v.strip() for v in args.variants.split(",") if v.strip()],
+                     limit=args.limit, stages=args.stages)
+    run = run_with_progress_bar(engine, cfg, None, lambda engine, cfg, data_dir, judge, progress: run_preference(
+        engine, cfg, data_dir, progress=progress, batch_size=args.batch_size))
+    paths = write_report(run, args.report)
+    print(paths["markdown"].read_text(encoding="utf-8").split("## Per case")[0])
+    print(f"report: {paths['markdown']} (and {paths['html'].name}, {paths['chart'].name})")
+
+
+def run_with_progress_bar(engine, cfg, judge, run_function=None):
     from tqdm import tqdm
 
     from .runner import Progress, run_evaluation
 
     progress, result = Progress(), {}
-    worker = threading.Thread(target=lambda: result.update(run=_capture(run_evaluation, engine, cfg,
+    work = run_function or run_evaluation
+    worker = threading.Thread(target=lambda: result.update(run=_capture(work, engine, cfg,
                                                                         engine.config.data_dir, judge, progress)))
     worker.start()
     live = sys.stderr.isatty()  # into a log file, one line per finished case rather than one per 0.5 s
@@ -156,7 +181,8 @@ def main(argv=None) -> int:
         from models import Engine
 
         engine = Engine.load(engine_config_from_args(args))
-        {"run": command_run, "generate-data": command_generate}[args.command](args, engine)
+        commands = {"run": command_run, "preference": command_preference, "generate-data": command_generate}
+        commands[args.command](args, engine)
     except ArenaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -52,6 +52,16 @@ class Continuation:
 
 
 @dataclass
+class ScoreRequest:
+    """One continuation to score: its log-probability as `variant`'s answer after `messages`."""
+
+    variant: str
+    messages: list[dict] | str
+    continuation: str
+    system: str | None = None
+
+
+@dataclass
 class Answer:
     variant: str
     text: str
@@ -360,6 +370,49 @@ class Engine:
                 scores = self.runner.score(prompt, options)
         return [Continuation(text, logprob, len(ids)) for text, (logprob, ids) in
                 zip(continuations, zip(scores, options))]
+
+    def loglikelihood_batch(self, requests: list[ScoreRequest], batch_size: int = 16,
+                            cancel: threading.Event | None = None) -> list[Continuation]:
+        """Log-probabilities of many (variant, conversation, continuation) rows, `batch_size` rows per forward
+        pass, each row through its own adapter (PEFT's mixed-adapter routing). Rows are batched by length so
+        little is padding; DoRA rows, which PEFT cannot mix, run in batches of their own adapter."""
+        tokenizer = self.base.tokenizer
+        rows = []
+        for request in requests:
+            ids = tokenizer(request.continuation, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ArenaError("every continuation needs some text")
+            prompt = build_prompt_ids(tokenizer, normalize_messages(request.messages, request.system))
+            rows.append((self._adapter_for(request.variant), prompt, ids))
+        scores: list[float] = [0.0] * len(rows)
+        with self.device.hold(cancel):
+            for chunk in self._score_chunks(rows, batch_size):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled()
+                values = self._score_chunk([rows[i] for i in chunk])
+                for i, value in zip(chunk, values):
+                    scores[i] = value
+        return [Continuation(r.continuation, score, len(row[2])) for r, score, row in zip(requests, scores, rows)]
+
+    def _score_chunks(self, rows: list[tuple], batch_size: int) -> list[list[int]]:
+        """Row indices in batches of similar length; a DoRA adapter's rows apart from the others."""
+        groups: dict[str, list[int]] = {}
+        for i, (adapter, _, _) in enumerate(rows):
+            info = self._adapters.get(adapter)
+            groups.setdefault(adapter if info is not None and info.use_dora else "", []).append(i)
+        chunks = []
+        for indices in groups.values():
+            indices.sort(key=lambda i: len(rows[i][1]) + len(rows[i][2]))
+            chunks += [indices[k:k + batch_size] for k in range(0, len(indices), batch_size)]
+        return chunks
+
+    def _score_chunk(self, rows: list[tuple]) -> list[float]:
+        adapters = [adapter for adapter, _, _ in rows]
+        pairs = [(prompt, ids) for _, prompt, ids in rows]
+        if self._peft is None or len(set(adapters)) == 1:  # one route: the plain path is faster than mixing
+            with self._adapter_active(adapters[0]):
+                return self.runner.score_rows(pairs)
+        return self.runner.score_rows(pairs, self._peft, adapters)
 
     @contextlib.contextmanager
     def _adapter_active(self, adapter: str):

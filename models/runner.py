@@ -71,20 +71,28 @@ class HFRunner:
 
     def score(self, prompt: list[int], options: list[list[int]]) -> list[float]:
         """Sum of log-probabilities of each option's tokens after the prompt, in one padded forward pass."""
-        model = self.base_model
-        rows = [prompt + option for option in options]
-        width = max(len(r) for r in rows)
+        return self.score_rows([(prompt, option) for option in options])
+
+    def score_rows(self, rows: list[tuple[list[int], list[int]]], peft_model=None,
+                   adapter_names: list[str] | None = None) -> list[float]:
+        """Sum of log-probabilities of each row's continuation after its prompt, all rows in one padded forward
+        pass; with `adapter_names` (one per row, BASE_ROW for the base) PEFT routes each row through its own adapter."""
+        model, kwargs = self.base_model, {}
+        if adapter_names is not None:
+            model, kwargs = peft_model, {"adapter_names": adapter_names}
+        sequences = [prompt + continuation for prompt, continuation in rows]
+        width = max(len(r) for r in sequences)
         pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in sequences], device=self.device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in sequences], device=self.device)
         with torch.inference_mode():
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
         scores = []
-        for row, option in enumerate(options):
+        for row, (prompt, continuation) in enumerate(rows):
             # the token at position p is predicted by the logits at p - 1
-            positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(option), device=self.device)
-            targets = torch.tensor(option, device=self.device)
+            positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(continuation), device=self.device)
+            targets = torch.tensor(continuation, device=self.device)
             scores.append(float(logprobs[row, positions, targets].sum()))
         return scores
 
