@@ -122,6 +122,7 @@ def train_preference(cfg: TrainConfig, data_dir: Path, reporter=None, resume_fro
         raise ArenaError(f"{cfg.dataset}: no row is left to train on (max_length {cfg.max_length})")
     data = PreparedData([trl_row(e, tokenizer) for e in split.train], [trl_row(e, tokenizer) for e in split.validation],
                         split.report, file_sha256(cfg.dataset))
+    heldout = write_heldout(split.validation, heldout_path(data_dir, cfg.name))
     base_bytes = parameter_bytes(model.named_parameters())
     model = add_lora(model, cfg, start)
     checkpoints = Path(output_dir or tempfile.mkdtemp(prefix="arena-train-")) / "checkpoints"
@@ -145,7 +146,22 @@ def train_preference(cfg: TrainConfig, data_dir: Path, reporter=None, resume_fro
         trainer.model.delete_adapter(REFERENCE_ADAPTER)
     card = make_card(cfg, base_name, data, trainer, trainable, total, time.time() - started)
     card["preference"] = preference_card(cfg, reference, trainer.state.log_history)
+    card["preference"]["heldout_pairs"] = str(heldout) if heldout else None
     return save_adapter(trainer.model, cfg.name, data_dir / "adapters", base_name, card, data_dir / "trash")
+
+
+def heldout_path(data_dir: Path, name: str) -> Path:
+    """Where a job's validation pairs go: beside the Leaderboard's exports, which the Evaluate tab lists."""
+    return Path(data_dir) / "exports" / f"heldout-{name}.jsonl"
+
+
+def write_heldout(examples: list, path: Path) -> Path | None:
+    """The validation pairs as the Leaderboard's JSONL, so the preference view can measure the run on them."""
+    from arena.export import PreferencePair, write_pairs_jsonl
+
+    pairs = [PreferencePair(e.prompt[-1]["content"], e.chosen, e.rejected, e.prompt[:-1])
+             for e in examples if e.chosen is not None]
+    return write_pairs_jsonl(pairs, path) if pairs else None
 
 
 def tokens_per_step(cfg: TrainConfig, report, args) -> float:
