@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from models import Engine, EngineConfig, ScoreRequest
-from tests.helpers import make_random_adapter, wait_for
-from tests.test_training_run import lora_weights, stop_all, train_command, wait_until_settled
+from tests.helpers import make_random_adapter
+from tests.test_training_run import cancel_after, lora_weights, stop_all, train_command, wait_until_settled
 from training.config import TrainConfig
 from training.jobs import JobRunner, JobStore, latest_checkpoint
 
@@ -110,10 +110,7 @@ def test_a_cancelled_dpo_job_resumes_from_its_checkpoint(tiny_model_path, data_w
     runner.start()
     try:
         first = runner.submit(config)
-        wait_for(lambda: (runner.store.read_progress(first.id) or {}).get("step", 0) >= 2, 180, "two steps")
-        runner.cancel(first.id)
-        cancelled = wait_until_settled(ended, first.id, 120)
-        assert cancelled.status == "cancelled"
+        assert cancel_after(runner, ended, first.id, 2).status == "cancelled"
         stopped_at = int(latest_checkpoint(runner.store.files(first.id).checkpoints).name.split("-")[1])
         assert 2 <= stopped_at < 12 and not (data / "adapters" / "resumed-dpo").exists()
         second = runner.resume(first.id)

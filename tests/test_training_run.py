@@ -43,6 +43,13 @@ def wait_until_settled(ended: list, job_id: str, timeout: float):
     return wait_for(lambda: next((job for job in ended if job.id == job_id), None), timeout, f"job {job_id} to end")
 
 
+def cancel_after(runner: JobRunner, ended: list, job_id: str, steps: int):
+    """Let a running job do `steps` steps, ask it to cancel, and return its record once it has ended."""
+    wait_for(lambda: (runner.store.read_progress(job_id) or {}).get("step", 0) >= steps, 180, f"{steps} steps")
+    runner.cancel(job_id)
+    return wait_until_settled(ended, job_id, 120)
+
+
 def stop_all(runner: JobRunner) -> None:
     """Stop scheduling and kill any job still running (a failed test must not leave a trainer behind)."""
     runner.stop()
@@ -141,9 +148,7 @@ def test_b_cancelled_job_keeps_a_checkpoint_and_resumes_from_it(tmp_path, tiny_m
     runner.start()
     try:
         first = runner.submit(config)
-        wait_for(lambda: (runner.store.read_progress(first.id) or {}).get("step", 0) >= 3, 180, "three steps")
-        runner.cancel(first.id)
-        cancelled = wait_until_settled(ended, first.id, 120)
+        cancelled = cancel_after(runner, ended, first.id, 3)
         assert (cancelled.status, cancelled.error) == ("cancelled", None)  # it stopped by itself, in time
         assert "cancelled: the last checkpoint is kept" in cancelled.log_tail
         checkpoint = latest_checkpoint(runner.store.files(first.id).checkpoints)
