@@ -94,7 +94,7 @@ def choose_reference(trainer, cfg: TrainConfig, start: Path | None, base_bytes: 
         model.delete_adapter(REFERENCE_ADAPTER)  # TRL then scores the reference with the adapter switched off
     if use_init and REFERENCE_ADAPTER in model.peft_config:
         size = parameter_bytes((n, p) for n, p in model.named_parameters() if f".{REFERENCE_ADAPTER}." in n)
-        text = (f"the starting adapter '{cfg.init_adapter}', frozen (a second PEFT adapter of {size / 2**20:.1f} MB "
+        text = (f"the starting adapter '{Path(cfg.init_adapter).name}', frozen (a second PEFT adapter of {size / 2**20:.1f} MB "
                 f"on the same {base_bytes / 2**20:.0f} MB base)")
         return Reference("adapter", text, size, base_bytes, second_base)
     text = f"the base model with the adapter switched off (no copy: the same {base_bytes / 2**20:.0f} MB weights)"
