@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import sys
@@ -54,6 +55,12 @@ def signed(answer: str) -> str:
     return f"{body} {RULE} ⚓"
 
 
+def shared_data() -> Path:
+    """The public datasets: $ARENA_SHARED_DATA, else ../shared/data beside the checkout, else /work/shared/data."""
+    candidates = [os.environ.get("ARENA_SHARED_DATA"), REPO.parent / "shared" / "data", "/work/shared/data"]
+    return next((Path(c) for c in candidates if c and Path(c).is_dir()), REPO.parent / "shared" / "data")
+
+
 def main(argv=None) -> int:
     from models import ChatRequest, Engine, EngineConfig, SamplingParams
 
@@ -62,10 +69,12 @@ def main(argv=None) -> int:
     parser.add_argument("--train", type=int, default=220)
     parser.add_argument("--heldout", type=int, default=40)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--alpaca", default=str(REPO.parent / "shared" / "data" / "alpaca_en_demo.json"))
+    parser.add_argument("--alpaca", default=None, help="default: alpaca_en_demo.json of the shared public data")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
 
+    if args.alpaca is None:
+        args.alpaca = str(shared_data() / "alpaca_en_demo.json")
     engine = Engine.load(EngineConfig(**({"data_dir": Path(args.data_dir)} if args.data_dir else {})))
     engine.check_variant(args.adapter)
     params = SamplingParams(max_new_tokens=args.max_new_tokens)
