@@ -2,7 +2,6 @@
 "Train on these votes": a DPO job on the current votes, on top of a chosen adapter."""
 from __future__ import annotations
 
-import time
 
 import gradio as gr
 
@@ -97,7 +96,7 @@ class LeaderboardTab:
         @user_errors
         def export():
             votes = self.ctx.votes.all()
-            path = self.ctx.engine.config.data_dir / "exports" / f"votes-{time.strftime('%Y%m%d-%H%M%S')}.{suffix}"
+            path = self.ctx.engine.config.paths.votes_export(suffix)
             path.parent.mkdir(parents=True, exist_ok=True)
             result = writer(votes, path)
             gr.Info(f"{result.written} pairs written, {result.skipped} votes skipped (ties, both bad, identical answers).")
@@ -118,7 +117,7 @@ class LeaderboardTab:
         if len(selection.pairs) < MIN_PAIRS:
             raise ArenaError(f"{selection.summary()}: at least {MIN_PAIRS} pairs are needed to train; vote more first")
         data_dir = self.ctx.engine.config.data_dir
-        dataset = write_pairs_jsonl(selection.pairs, data_dir / "datasets" / f"votes-{name}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+        dataset = write_pairs_jsonl(selection.pairs, self.ctx.engine.config.paths.votes_dataset(name))
         cfg = TrainConfig(name=name, dataset=str(dataset), base=self.ctx.engine.config.base,
                           init_adapter=adapter_source(self.ctx.engine, parent), **VOTES_DPO,
                           validation_split=0.1 if len(selection.pairs) >= HELD_OUT_FROM else 0.0,

@@ -100,6 +100,6 @@ class TrainingForm:
 def adapter_source(engine, name: str | None) -> str | None:
     """What a job's init_adapter should say: the name for DATA/adapters, the folder for an extra --adapters-dir."""
     info = next((a for a in engine.adapters() if a.name == name), None) if name else None
-    if info is not None and info.path.parent != engine.config.adapters_dir:
+    if info is not None and info.path.parent != engine.config.paths.adapters:
         return str(info.path)
     return name

@@ -14,7 +14,8 @@ from kernel.errors import ArenaError
 from kernel.paths import owned_file
 from models.adapters import validate_name
 from training.check import check_dataset
-from training.jobs import FINAL, shell_command
+from training.job_store import FINAL
+from training.jobs import shell_command
 from training.resources import check_device_memory
 
 from .access import Need, needs
@@ -33,7 +34,7 @@ class TrainingTab:
         self.ctx = ctx
         self.tabs = tabs  # to switch to Compare
         self.compare = compare  # its column dropdowns get base + the new adapter
-        self.datasets_dir = ctx.engine.config.data_dir / "datasets"
+        self.datasets_dir = ctx.engine.config.paths.datasets
         self._ended_progress: dict[str, str] = {}  # job id -> its last progress cell, for ended jobs
 
     def build(self) -> gr.Tab:

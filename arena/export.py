@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kernel.errors import ArenaError
-from kernel.jsonl import atomic_write_text, read_jsonl
+from kernel.files import atomic_write_text, parse_json_array, parse_jsonl, read_text
 
 from .votes import Vote
 
@@ -162,25 +162,10 @@ def read_pairs_leniently(path: str | Path) -> tuple[list[tuple[int, PreferencePa
 def located_records(path: str | Path) -> list[tuple[int, str, object]]:
     """(number, "FILE line N" or "FILE record N", record) for each record of a JSON array or JSONL file."""
     path = Path(path)
-    if not path.is_file():
-        raise ArenaError(f"{path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ArenaError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    text = read_text(path)
     if text.lstrip().startswith("["):
-        return [(n, f"{path} record {n}", record) for n, record in enumerate(load_json_array(path, text), 1)]
-    return [(n, f"{path} line {n}", record) for n, record in read_jsonl(path)]
-
-
-def load_json_array(path: Path, text: str) -> list:
-    try:
-        records = json.loads(text)
-    except ValueError as exc:
-        raise ArenaError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(records, list):
-        raise ArenaError(f"{path}: expected a JSON array of preference pairs")
-    return records
+        return [(n, f"{path} record {n}", record) for n, record in enumerate(parse_json_array(path, text), 1)]
+    return [(n, f"{path} line {n}", record) for n, record in parse_jsonl(path, text)]
 
 
 def pair_from_record(record, where: str) -> PreferencePair:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from arena.export import PreferencePair, read_pairs_leniently
-from kernel.jsonl import JsonlAppender
+from kernel.files import JsonlAppender
 
 from .checks import score_preference
 from .report import bootstrap_interval, percent, plain

@@ -26,10 +26,6 @@ class DeviceQueue:
         with self._cond:
             return len(self._line)
 
-    @property
-    def busy(self) -> bool:
-        return self._busy
-
     @contextmanager
     def hold(self, cancel: threading.Event | None = None):
         ticket = object()

@@ -129,7 +129,7 @@ def test_pairs_that_cannot_train_are_one_error_line(tmp_path, tiny_model_path):
     same.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "a"}) + "\n", encoding="utf-8")
     run = train_command(tmp_path / "data", "--dataset", same, "--name", "bad", "--method", "dpo",
                         "--base", tiny_model_path)
-    assert run.returncode == 1
+    assert run.returncode == 2  # kernel.cli: a user error exits 2
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "no usable rows as pairs (row 1: identical" in last, last
     assert "Traceback" not in run.stderr

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from transformers import EarlyStoppingCallback
 
+from kernel.data_dir import DataDir
 from kernel.errors import ArenaError
 
 from .callbacks import LOSS_KEYS, ProgressCallback
@@ -115,14 +116,15 @@ def train_preference(cfg: TrainConfig, data_dir: Path, reporter=None, resume_fro
     datasets.disable_progress_bars()  # TRL's tokenising passes would fill the job's log with bars
     started = time.time()
     torch.manual_seed(cfg.seed)
-    base_name, model, tokenizer = load_for_training(cfg, data_dir / "models")
-    start = starting_adapter(cfg, data_dir / "adapters", base_name, model)
+    paths = DataDir(data_dir)
+    base_name, model, tokenizer = load_for_training(cfg, paths.models)
+    start = starting_adapter(cfg, paths.adapters, base_name, model)
     split = load_split(cfg, tokenizer)
     if not split.train:
         raise ArenaError(f"{cfg.dataset}: no row is left to train on (max_length {cfg.max_length})")
     data = PreparedData([trl_row(e, tokenizer) for e in split.train], [trl_row(e, tokenizer) for e in split.validation],
                         split.report, file_sha256(cfg.dataset))
-    heldout = write_heldout(split.validation, heldout_path(data_dir, cfg.name))
+    heldout = write_heldout(split.validation, paths.heldout_pairs(cfg.name))
     base_bytes = parameter_bytes(model.named_parameters())
     model = add_lora(model, cfg, start)
     checkpoints = Path(output_dir or tempfile.mkdtemp(prefix="arena-train-")) / "checkpoints"
@@ -147,12 +149,7 @@ def train_preference(cfg: TrainConfig, data_dir: Path, reporter=None, resume_fro
     card = make_card(cfg, base_name, data, trainer, trainable, total, time.time() - started)
     card["preference"] = preference_card(cfg, reference, trainer.state.log_history)
     card["preference"]["heldout_pairs"] = str(heldout) if heldout else None
-    return save_adapter(trainer.model, cfg.name, data_dir / "adapters", base_name, card, data_dir / "trash")
-
-
-def heldout_path(data_dir: Path, name: str) -> Path:
-    """Where a job's validation pairs go: beside the Leaderboard's exports, which the Evaluate tab lists."""
-    return Path(data_dir) / "exports" / f"heldout-{name}.jsonl"
+    return save_adapter(trainer.model, cfg.name, paths, base_name, card)
 
 
 def write_heldout(examples: list, path: Path) -> Path | None:

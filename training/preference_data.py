@@ -19,11 +19,11 @@ from collections import Counter
 from dataclasses import dataclass
 
 from kernel.errors import ArenaError
+from kernel.files import BadRow
 from training.config import PREFERENCE_FORMATS, TrainConfig
 from training.data import (DETECT_ROWS, DatasetReport, TokenStats, check_messages, convert_file, from_turns, need,
                            split_examples, with_system)
 from training.encoding import fill_lengths, render, token_ids
-from training.files import BadRow
 
 FORMAT_KEYS = {"sharegpt": ("conversations", "chosen"), "pairs": ("prompt", "chosen"), "kto": ("completion", "label")}
 LABELS = {True: True, False: False, 1: True, 0: False, "true": True, "false": False, "1": True, "0": False}
