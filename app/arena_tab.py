@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import gradio as gr
 
@@ -17,13 +18,37 @@ from .widgets import SamplingWidgets, Throttle, session_of, user_errors
 
 VOTES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 CHOICES = {"a": ("best", 0), "b": ("best", 1), "tie": "tie", "both_bad": "both_bad"}  # in arena.ballots' terms
+RANDOM = "any two, at random"
 
 
-def draw_pair(variants: list[str], rng: random.Random) -> list[str]:
-    """Two different variants in random order, so neither side gives the name away."""
+def draw_pair(variants: list[str], rng: random.Random, matchup: str | None = None) -> list[str]:
+    """Two different variants in random order, so neither side gives the name away; a matchup ("child\tparent")
+    fixes which two, never which side."""
+    if matchup and matchup != RANDOM:
+        pair = matchup.split("\t")
+        missing = [v for v in pair if v not in variants]
+        if missing:
+            raise ArenaError(f"'{missing[0]}' cannot answer now: pick another matchup")
+        return rng.sample(pair, 2)
     if len(variants) < 2:
         raise ArenaError("the arena needs at least two variants: load or train an adapter first")
     return rng.sample(variants, 2)
+
+
+def matchups(adapters) -> list[tuple[str, str]]:
+    """(label, "child\tparent") for each loaded adapter trained here on top of another (or the base): the battle
+    that shows whether the new one is better than where it started."""
+    loaded = {a.name for a in adapters if a.status == "loaded"}
+    found = []
+    for info in adapters:
+        training = info.card.get("training") if isinstance(info.card, dict) else None
+        if info.name not in loaded or not isinstance(training, dict):
+            continue
+        start = training.get("init_adapter")
+        parent = Path(start).name if start else "base"
+        if parent == "base" or parent in loaded:
+            found.append((f"{info.name} vs {parent} (its parent)", f"{info.name}\t{parent}"))
+    return found
 
 
 class ArenaTab:
@@ -52,6 +77,9 @@ class ArenaTab:
                 self.vote_buttons = {key: gr.Button(label, interactive=False, elem_id=f"arena-vote-{key}")
                                      for key, label in VOTES.items()}
             self.reveal = gr.Markdown(elem_id="arena-reveal")
+            self.matchup = gr.Dropdown([RANDOM] + matchups(self.ctx.engine.adapters()), value=RANDOM,
+                                       label="Battle (the next new battle): any two, or an adapter against its parent",
+                                       elem_id="arena-matchup")
             with gr.Row():
                 self.stop = gr.Button("Stop")
                 self.new_battle = gr.Button("New battle", elem_id="arena-new")
@@ -64,12 +92,14 @@ class ArenaTab:
         return self.tab
 
     def _wire(self) -> None:
-        inputs = {self.message, self.search, self.pair, self.histories, *self.sampling.components}
+        inputs = {self.message, self.search, self.pair, self.histories, self.matchup, *self.sampling.components}
         outputs = [self.message, self.pair, self.histories, self.chat_a, self.chat_b, self.stats_a, self.stats_b,
                    self.sources, *self.vote_buttons.values()]
         self.send.click(self._send, inputs, outputs, concurrency_limit=None, api_name="arena_send")
         self.message.submit(self._send, inputs, outputs, concurrency_limit=None, api_visibility="private")
         self.stop.click(self._stop, None, None, concurrency_limit=None, api_name="arena_stop")
+        # Refreshed when opened: an adapter trained since the page loaded is offered against its parent.
+        self.matchup.focus(self._matchup_choices, None, self.matchup, api_visibility="private")
         for key, button in self.vote_buttons.items():  # what a vote is about comes from the server's ballot
             button.click(self._vote_handler(key), None,
                          [self.reveal, self.send, self.message, *self.vote_buttons.values()], api_name=f"arena_vote_{key}")
@@ -87,7 +117,7 @@ class ArenaTab:
         new_battle = not data[self.pair]
         if not new_battle:
             self.ctx.ballots.check_going_on(session, "arena")
-        pair = data[self.pair] or draw_pair(self.ctx.engine.variants(), self.rng)
+        pair = data[self.pair] or draw_pair(self.ctx.engine.variants(), self.rng, data[self.matchup])
         params = self.sampling.params(data)
         self.ctx.check_request_size(2, [params])
         columns = [Column(pair[0], list(data[self.histories][0]), params),
@@ -102,6 +132,10 @@ class ArenaTab:
         ballot = Ballot("arena", list(pair), [shown_messages(c.history) for c in columns], params.to_dict())
         self.ctx.ballots.show(session, ballot, new=new_battle)  # no sources blob in the votes
         yield self._render(pair, columns, sources_md, voting=True)
+
+    @needs(Need.VIEW)
+    def _matchup_choices(self):
+        return gr.Dropdown(choices=[RANDOM] + matchups(self.ctx.engine.adapters()))
 
     @needs(Need.SESSION)
     def _stop(self, request: gr.Request) -> None:

@@ -32,7 +32,9 @@ class EvaluateTab:
         public = self.ctx.settings.public  # every handler here is refused there: the tab is not even shown
         with gr.Tab("Evaluate", id="evaluate", visible=not public) as self.tab:
             gr.Markdown("Score the base and adapters on a test suite: per category with 95% intervals, each adapter "
-                        "against the base with a significance test, and every answer side by side.")
+                        "against the base with a significance test, and every answer side by side. Pick a file of "
+                        "preference pairs (a Leaderboard export, a training job's held-out pairs) for the preference "
+                        "view: how often each variant prefers the chosen answer, the first variant as the reference.")
             with gr.Row():
                 self.suite = gr.Dropdown(self._suites(), value=self._suites()[0], label="Suite", scale=3,
                                          allow_custom_value=True, elem_id="eval-suite")
@@ -91,7 +93,13 @@ class EvaluateTab:
     def _suites(self) -> list[str]:
         uploaded = sorted(self.uploads.glob("*.jsonl")) if self.uploads.is_dir() else []
         bundled = sorted(SUITES.glob("*.jsonl"), key=lambda p: (p.stem != "starter", p.name))  # starter first
-        return [str(p) for p in bundled] + [str(p) for p in uploaded]
+        return [str(p) for p in bundled] + [str(p) for p in uploaded] + self._pair_files()
+
+    def _pair_files(self) -> list[str]:
+        """Preference pairs for the preference view: the Leaderboard's exports and preference jobs' held-out
+        pairs (DATA/exports/heldout-NAME.jsonl), newest first."""
+        found = list(self.ctx.engine.config.paths.exports.glob("*.jsonl"))
+        return [str(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)[:10]]
 
     def _judges(self) -> list[str]:
         return ["none", *self.ctx.engine.variants(), *self.ctx.settings.judge_endpoints]

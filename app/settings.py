@@ -119,9 +119,10 @@ class AppContext:
 
     @property
     def owned_folders(self) -> list[Path]:
-        """Where a path typed in the UI may point (kernel.paths.owned_file): bundled files and DATA's inputs."""
+        """Where a path typed in the UI may point (kernel.paths.owned_file): bundled files and DATA's inputs,
+        and the preference pairs the app itself wrote (Leaderboard exports, held-out pairs) in DATA/exports."""
         paths = self.engine.config.paths
-        return [*BUNDLED, paths.datasets, paths.uploads]
+        return [*BUNDLED, paths.datasets, paths.uploads, paths.exports]
 
     def check_request_size(self, columns: int, params: list[SamplingParams]) -> None:
         """On a public server, refuse in one line a request for more columns or new tokens than allowed."""

@@ -5,7 +5,7 @@ from dataclasses import dataclass, fields
 
 import gradio as gr
 
-from training.config import FORMATS, METHODS, SCHEDULERS, TrainConfig
+from training.config import FORMATS, METHODS, PREFERENCE_FORMATS, REFERENCES, SCHEDULERS, TrainConfig
 
 from .access import Need, needs
 
@@ -13,6 +13,8 @@ QUICK_CPU_DEMO = dict(method="lora", rank=16, alpha=32, dropout=0.05, target_mod
                       learning_rate=1e-3, lr_scheduler="cosine", epochs=5.0, max_steps=-1, batch_size=4,
                       grad_accum=1, max_length=256, eval_every=9, early_stopping_patience=0)
 NEW = "a new LoRA"  # init_adapter's "none": the other choices are adapter names
+OBJECTIVE_LABELS = {"sft": "SFT: imitate the answers", "dpo": "DPO: prefer chosen over rejected",
+                    "orpo": "ORPO: SFT + preference, no reference", "kto": "KTO: desirable / undesirable answers"}
 PRESETS = {"Quick CPU demo (a few minutes on the default model)": QUICK_CPU_DEMO, "Custom": {}}
 
 
@@ -29,7 +31,10 @@ class TrainingForm:
         w: dict[str, gr.components.Component] = {}
         with gr.Row():
             w["name"] = gr.Textbox(label="Adapter name", value="ahoy", elem_id="train-name")
-            w["format"] = gr.Dropdown(list(FORMATS), value=d.format, label="Format")
+            w["objective"] = gr.Dropdown([(label, key) for key, label in OBJECTIVE_LABELS.items()], value=d.objective,
+                                         label="Objective", elem_id="train-objective",
+                                         info="DPO/ORPO/KTO take preference data: pairs or labelled answers")
+            w["format"] = gr.Dropdown(list(dict.fromkeys(FORMATS + PREFERENCE_FORMATS)), value=d.format, label="Format")
             w["init_adapter"] = gr.Dropdown([NEW] + adapters, value=NEW, elem_id="train-init-adapter",
                                             label="Start from (pick an adapter to train a later stage of it)",
                                             info="a picked adapter keeps its own rank, alpha and target modules")
@@ -61,6 +66,10 @@ class TrainingForm:
                 w["eval_every"] = gr.Number(value=QUICK_CPU_DEMO["eval_every"], precision=0, label="Evaluate every N steps")
                 w["early_stopping_patience"] = gr.Number(value=0, precision=0, label="Early-stopping patience (0 = off)")
                 w["seed"] = gr.Number(value=d.seed, precision=0, label="Seed")
+            with gr.Row():
+                w["beta"] = gr.Number(value=d.beta, label="Preference beta (DPO/KTO: KL strength; ORPO: odds-ratio weight)")
+                w["reference"] = gr.Radio(list(REFERENCES), value=d.reference,
+                                          label="Reference (DPO/KTO): the frozen start adapter (init) or the base")
         form = cls(w, preset)
         preset.change(form.apply_preset, preset, list(w.values()), api_visibility="private")
         return form
@@ -86,3 +95,11 @@ class TrainingForm:
         values["name"] = (values["name"] or "").strip()
         values["init_adapter"] = None if values["init_adapter"] in (None, "", NEW) else values["init_adapter"]
         return TrainConfig.from_dict({**values, "dataset": dataset, "base": base}, where="training form")
+
+
+def adapter_source(engine, name: str | None) -> str | None:
+    """What a job's init_adapter should say: the name for DATA/adapters, the folder for an extra --adapters-dir."""
+    info = next((a for a in engine.adapters() if a.name == name), None) if name else None
+    if info is not None and info.path.parent != engine.config.paths.adapters:
+        return str(info.path)
+    return name

@@ -20,7 +20,7 @@ from training.resources import check_device_memory
 
 from .access import Need, needs
 from .settings import AppContext
-from .training_form import TrainingForm
+from .training_form import TrainingForm, adapter_source
 from .widgets import keep_upload, user_errors
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "training" / "examples"
@@ -62,6 +62,9 @@ class TrainingTab:
             self.status = gr.Markdown(elem_id="train-status")
             self.curves = gr.LinePlot(x="step", y="loss", color="split", title="Loss", elem_id="train-curves",
                                       x_title="step", y_title="loss")
+            self.rewards = gr.LinePlot(x="step", y="value", color="series", elem_id="train-rewards", visible=False,
+                                       title="Preference: rewards of the chosen and rejected answers, margin, accuracy",
+                                       x_title="step", y_title="reward / accuracy")
             self.log = gr.Code(label="Log tail", interactive=False, lines=12)
             self.timer = gr.Timer(2.0, active=self.ctx.jobs is not None)
         self._wire()
@@ -72,7 +75,7 @@ class TrainingTab:
         self.upload.upload(self._store_upload, self.upload, self.dataset, api_name="train_upload")
         self.check.click(self._check, form_inputs, [self.report, self.preview], api_name="train_check")
         self.start.click(self._start, form_inputs, [self.report, self.command, self.job], api_name="train_start")
-        watched = [self.jobs_table, self.job, self.status, self.curves, self.log]
+        watched = [self.jobs_table, self.job, self.status, self.curves, self.rewards, self.log]
         self.timer.tick(self._watch, self.job, watched, api_visibility="private", show_progress="hidden")
         self.job.change(self._watch, self.job, watched, api_visibility="private")
         self.cancel.click(self._cancel, self.job, self.status, api_name="train_cancel")
@@ -109,10 +112,7 @@ class TrainingTab:
             raise ArenaError("pick or upload a dataset first")
         dataset = owned_file(data[self.dataset], self.ctx.owned_folders, "dataset", DATASET_SUFFIXES)
         cfg = self.form.config(data, str(dataset), base=self.ctx.engine.config.base)
-        if cfg.init_adapter:  # an adapter from an extra --adapters-dir: the job needs its folder, not its name
-            info = next((a for a in self.ctx.engine.adapters() if a.name == cfg.init_adapter), None)
-            if info is not None and info.path.parent != self.ctx.engine.config.paths.adapters:
-                cfg.init_adapter = str(info.path)
+        cfg.init_adapter = adapter_source(self.ctx.engine, cfg.init_adapter)
         return cfg
 
     @needs(Need.OPERATOR, TRAINING)
@@ -145,9 +145,12 @@ class TrainingTab:
         job_id = job_id or (jobs[0].id if jobs else None)
         choices = gr.Dropdown(choices=[j.id for j in jobs], value=job_id)
         if job_id is None:
-            return table, choices, "No jobs yet.", None, ""
+            return table, choices, "No jobs yet.", None, gr.LinePlot(visible=False), ""
         job = store.get(job_id)
-        return table, choices, self._status(job), self._curves(store.read_metrics(job_id)), store.read_log_tail(job_id, 40)
+        metrics = store.read_metrics(job_id)
+        rewards = reward_curves(metrics)
+        return (table, choices, self._status(job, metrics), self._curves(metrics),
+                gr.LinePlot(value=rewards, visible=not rewards.empty), store.read_log_tail(job_id, 40))
 
     def _job_row(self, job) -> dict:
         return {"id": job.id, "name": job.name, "status": job.status, "progress": self._progress_cell(job),
@@ -163,15 +166,15 @@ class TrainingTab:
             self._ended_progress[job.id] = cell
         return cell
 
-    def _status(self, job) -> str:
+    def _status(self, job, metrics: list[dict]) -> str:
         progress = self.ctx.jobs.store.read_progress(job.id) or {}
-        parts = [f"**{job.name}** · {job.status}"]
+        parts = [f"**{job.name}** · {job.config.get('objective', 'sft')} · {job.status}"]
         if progress:
             eta = progress.get("eta_seconds")
             parts += [f"step {progress.get('step')}/{progress.get('total_steps')}", f"epoch {progress.get('epoch')}",
                       f"ETA {eta:.0f} s" if eta is not None else "ETA …",
                       f"{progress.get('tokens_per_second') or 0:.0f} tokens/s", f"{progress.get('memory_mb', 0):.0f} MB"]
-        text = " · ".join(parts)
+        text = " · ".join(parts + preference_status(metrics))
         if job.error:
             text += f"\n\n**Error:** {job.error}"
         return text + f"\n\n`{shell_command(job.command)}`"
@@ -210,3 +213,28 @@ class TrainingTab:
             raise ArenaError(f"adapter '{job.name}' is not ready: the job is {job.status}")
         return (gr.Tabs(selected="compare"), 2, gr.Dropdown(choices=variants, value="base"),
                 gr.Dropdown(choices=variants, value=job.name))
+
+
+REWARD_SERIES = {"rewards/chosen": "chosen", "rewards/rejected": "rejected", "rewards/margins": "margin",
+                 "rewards/accuracies": "accuracy"}
+
+
+def reward_curves(metrics: list[dict]) -> pd.DataFrame:
+    """What preference training users watch, train and validation: both rewards, their margin, the accuracy."""
+    rows = []
+    for m in metrics:
+        for prefix, split in (("", "train"), ("eval_", "validation")):
+            rows += [{"step": m["step"], "value": m[prefix + key], "series": f"{name} ({split})"}
+                     for key, name in REWARD_SERIES.items() if prefix + key in m]
+    return pd.DataFrame(rows, columns=["step", "value", "series"])
+
+
+def preference_status(metrics: list[dict]) -> list[str]:
+    """The latest reward accuracy and margin, train and validation, for the status line."""
+    parts = []
+    for prefix, split in (("", "train"), ("eval_", "validation")):
+        last = next((m for m in reversed(metrics) if prefix + "rewards/accuracies" in m), None)
+        if last is not None:
+            parts.append(f"{split} accuracy {last[prefix + 'rewards/accuracies']:.2f}, "
+                         f"margin {last.get(prefix + 'rewards/margins', 0):+.3f}")
+    return parts

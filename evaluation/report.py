@@ -186,6 +186,7 @@ def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, steps: pd.Da
     cases = len({r.case_id for r in run.results if r.turn == 1})
     turns = len({r.case_id for r in run.results})
     how = (f"Answers read from {plain(run.answers_from)}, scored without a model." if run.answers_from else
+           f"Log-likelihoods of each pair's answers, nothing generated. {run.seconds:.0f} s." if run.sections else
            f"Greedy, max {run.config.max_new_tokens} new tokens. {run.seconds:.0f} s.")
     lines = [f"# Evaluation: {plain(run.suite_name)}", "",
              f"Variants: {', '.join(names)}. Cases: {cases}" + (f" ({turns} turns)" if turns > cases else "") + ". "
@@ -196,6 +197,7 @@ def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, steps: pd.Da
     if run.notes:
         lines += [f"{len(run.notes)} note(s) on the suite: "
                   + "; ".join(f"line {n}: {short(why, 200)}" for n, why in run.notes[:10]), ""]
+    lines += run.sections
     lines += check_lines(run.results)
     if run.judge_graded:
         lines += [f"Judge: {run.judge_graded} grades, {run.judge_unparsed} unparseable after retries (counted as undecided).", ""]

@@ -66,6 +66,7 @@ class EvalRun:
     cancelled: bool = False
     notes: list[tuple[int, str]] = field(default_factory=list)  # suite lines kept with a remark
     answers_from: str = ""  # set when the answers were read from a file (`score`), not generated
+    sections: list[str] = field(default_factory=list)  # Markdown a special view adds (evaluation.preference)
 
 
 def turn_id(case: Case, turn: int) -> str:

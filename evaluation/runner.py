@@ -18,7 +18,7 @@ from kernel.files import JsonlAppender
 
 from .case import Case
 from .check_types import JUDGE, LIKELIHOOD, check_type, run_check
-from .checks import CheckResult, case_passed, score_choice
+from .checks import CheckResult, case_passed, score_choice, score_preference
 from .results import CaseResult, EvalConfig, EvalRun, mean_score, turn_id  # noqa: F401 (imported from here too)
 from .store import AnswerStore, fingerprint, variant_fingerprint
 from .suite import load_suite
@@ -138,6 +138,9 @@ def answers_for(engine, case, turn, conversations, system, params, store, weight
 
 def check_one(engine, variant, case, check, conversation, turn, answer, system, judge, run) -> CheckResult:
     scored_by = check_type(check).scored_by
+    if scored_by == LIKELIHOOD and check["type"] == "preference":
+        chosen, rejected = engine.loglikelihood(variant, case.messages, [check["chosen"], check["rejected"]], system=system)
+        return score_preference(chosen.logprob, rejected.logprob)
     if scored_by == LIKELIHOOD:
         scored = engine.loglikelihood(variant, case.messages, check["choices"], system=system)
         return score_choice([c.logprob for c in scored], check["choices"], check["answer"])

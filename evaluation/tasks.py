@@ -50,9 +50,15 @@ class EvalTasks:
     def _run(self, task: EvalTask, judge) -> None:
         from .report import write_report
 
+        from .preference import looks_like_pairs, run_preference
+
         try:
-            task.run = run_evaluation(self.engine, task.config, self.data_dir, judge=judge,
-                                      progress=task.progress, cancel=task.cancel)
+            if looks_like_pairs(task.config.suite):  # preference pairs: the preference view, not a suite
+                task.run = run_preference(self.engine, task.config, self.data_dir, progress=task.progress,
+                                          cancel=task.cancel)
+            else:
+                task.run = run_evaluation(self.engine, task.config, self.data_dir, judge=judge,
+                                          progress=task.progress, cancel=task.cancel)
             task.paths = write_report(task.run)
         except ArenaError as exc:
             task.error = str(exc)

@@ -113,6 +113,14 @@ class DataDir:
     def votes_export(self, suffix: str) -> Path:
         return self.exports / f"votes-{stamp()}.{suffix}"
 
+    def heldout_pairs(self, adapter_name: str) -> Path:
+        """A preference job's validation pairs, beside the exports, for the preference view."""
+        return self.exports / f"heldout-{adapter_name}.jsonl"
+
+    def votes_dataset(self, adapter_name: str) -> Path:
+        """The pairs the Leaderboard's "Train on these votes" hands to a DPO job making `adapter_name`."""
+        return self.datasets / f"votes-{adapter_name}-{stamp()}.jsonl"
+
     def dataset(self, name: str) -> Path:
         """A generated dataset's file: the name given, with .json added when it lacks it."""
         return self.datasets / (name if name.endswith(".json") else name + ".json")

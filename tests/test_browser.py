@@ -139,6 +139,58 @@ def test_evaluate_tab_shows_the_report(page):
     page.screenshot(path=str(SCREENSHOTS / "evaluate.png"), full_page=True)
 
 
+def test_votes_train_an_adapter_that_then_battles_its_parent(page):
+    """The loop the issue asks for: blind votes in the Arena, "Train on these votes" (DPO on top of pirate), the
+    job finishes, and the Arena pits the new adapter against its parent."""
+    from tests.helpers import wait_for
+
+    store: VoteStore = page.ctx.votes
+    page.get_by_role("tab", name="Arena").click()
+    for question, side in (("Name a fruit.", "a"), ("Name an animal.", "b")):
+        page.click("#arena-new")
+        page.fill("#arena-message textarea", question)
+        page.click("#arena-send")
+        wait_for_answers(page, ["arena-chat-a", "arena-chat-b"])
+        page.wait_for_selector(f"#arena-vote-{side}:not([disabled])")
+        page.click(f"#arena-vote-{side}")
+        page.wait_for_function("() => document.querySelector('#arena-reveal').innerText.includes('Model A was')")
+    assert store.count() >= 2
+
+    page.get_by_role("tab", name="Leaderboard").click()
+    page.get_by_text("Train on these votes (DPO)").click()
+    page.click("#votes-parent input")
+    page.get_by_role("option", name="pirate", exact=True).click()
+    page.fill("#votes-name textarea", "pirate-dpo")
+    page.click("#votes-train")
+    page.wait_for_function("() => document.querySelector('#votes-train-status').innerText.includes('queued')",
+                           timeout=60_000)
+    status = page.inner_text("#votes-train-status")
+    assert "on top of pirate" in status and "pirate-dpo vs pirate" in status
+    jobs = page.ctx.jobs.store
+    job = wait_for(lambda: next((j for j in jobs.list() if j.name == "pirate-dpo" and j.status in ("succeeded", "failed")),
+                                None), 600, "the DPO job on the votes")
+    assert job.status == "succeeded", job.error
+    assert job.config["objective"] == "dpo" and Path(job.config["init_adapter"]).name == "pirate"
+    print(f"DPO job on the votes: {job.started} -> {job.finished}")
+    page.screenshot(path=str(SCREENSHOTS / "train-on-votes.png"), full_page=True)
+    # The trainer records its success, then exits; the app serves the adapter once the process has ended.
+    wait_for(lambda: "pirate-dpo" in page.ctx.engine.variants(), 60, "the app to serve pirate-dpo")
+
+    page.get_by_role("tab", name="Arena").click()
+    page.click("#arena-matchup input")
+    page.get_by_role("option", name="pirate-dpo vs pirate (its parent)").click()
+    page.click("#arena-new")
+    page.fill("#arena-message textarea", "Name a ship.")
+    page.click("#arena-send")
+    wait_for_answers(page, ["arena-chat-a", "arena-chat-b"])
+    page.wait_for_selector("#arena-vote-tie:not([disabled])")
+    page.click("#arena-vote-tie")
+    page.wait_for_function("() => document.querySelector('#arena-reveal').innerText.includes('Model A was')")
+    reveal = page.inner_text("#arena-reveal")
+    assert "pirate-dpo" in reveal and {store.all()[-1].variant_a, store.all()[-1].variant_b} == {"pirate", "pirate-dpo"}
+    page.screenshot(path=str(SCREENSHOTS / "arena-child-vs-parent.png"), full_page=True)
+
+
 XSS = "<img src=x onerror=alert(1)>"
 
 

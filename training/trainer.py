@@ -122,9 +122,14 @@ def add_lora(model, cfg: TrainConfig, start: Path | None = None):
 
 
 def training_arguments(cfg: TrainConfig, output_dir: Path, has_validation: bool) -> TrainingArguments:
+    return TrainingArguments(**argument_values(cfg, output_dir, has_validation))
+
+
+def argument_values(cfg: TrainConfig, output_dir: Path, has_validation: bool) -> dict:
+    """TrainingArguments' values for a job; TRL's configs (training.preference) extend the same ones."""
     cuda = torch.cuda.is_available()
     evaluate = has_validation
-    return TrainingArguments(
+    return dict(
         output_dir=str(output_dir), per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=float(cfg.warmup_ratio),
