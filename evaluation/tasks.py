@@ -151,6 +151,7 @@ class EvalTasks:
         report = generate_data(str(source), field_name, template, teacher, str(output), progress=False,
                                cancel=task.cancel, on_progress=progress)
         files = {"dataset": report.output, "rejects": report.rejects}
+        report.output = output.name  # the summary names the dataset, not this server's folders
         status = "cancelled" if task.cancel.is_set() else ("failed" if report.stopped else "done")
         return {"status": status, "summary": report.summary(), "error": report.stopped if status == "failed" else "",
                 "files": files}

@@ -231,8 +231,13 @@ class Engine:
 
     def _work(self, rows, requests, emit, cancel) -> None:
         queued = time.perf_counter()
+
+        def waiting(position: int) -> None:
+            for row in rows:
+                emit(StreamEvent(row.index, row.variant, "", "", queue_position=position,
+                                 queue_seconds=time.perf_counter() - queued))
         try:
-            with self.device.hold(cancel):
+            with self.device.hold(cancel, on_wait=waiting):
                 wait = time.perf_counter() - queued
                 self._check_still_loaded(rows)
                 for group, mixed in self._groups(rows, requests):

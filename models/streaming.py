@@ -32,7 +32,11 @@ class GenerationStats:
 
 @dataclass
 class StreamEvent:
-    """A piece of one row's answer; the last event of a row has done=True and its stats."""
+    """A piece of one row's answer; the last event of a row has done=True and its stats.
+
+    While a row waits for room, events with an empty delta say where it stands: queue_position
+    (1 = next) and queue_seconds so far. Once it runs, queue_position is 0.
+    """
 
     index: int  # position of the request in the call
     variant: str
@@ -40,6 +44,8 @@ class StreamEvent:
     text: str
     done: bool = False
     stats: GenerationStats | None = None
+    queue_position: int = 0
+    queue_seconds: float = 0.0
 
 
 class CancelCriteria(StoppingCriteria):

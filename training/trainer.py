@@ -164,7 +164,7 @@ def train(cfg: TrainConfig, data_dir: Path, reporter=None, resume_from: Path | N
     if progress.cancelled:
         return None
     card = make_card(cfg, base_name, data, trainer, trainable, total, time.time() - started)
-    return save_adapter(model, cfg.name, data_dir / "adapters", base_name, card, data_dir / "trash")
+    return save_adapter(model, cfg.name, data_dir / "adapters", base_name, card, data_dir / "trash", reporter)
 
 
 def _tokens_per_step(train: list, args: TrainingArguments) -> float:
@@ -213,8 +213,13 @@ def peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
 
 
-def save_adapter(model, name: str, adapters_dir: Path, base_name: str, card: dict, trash_dir: Path) -> Path:
-    """Write into a dot folder (the registry ignores those), then rename: never a half adapter."""
+def save_adapter(model, name: str, adapters_dir: Path, base_name: str, card: dict, trash_dir: Path,
+                 reporter=None) -> Path:
+    """Write into a dot folder (the registry ignores those), then rename: never a half adapter.
+
+    An adapter already saved under the name goes to the trash first; where it went is printed and,
+    for a job, reported as a metrics record {"old_copy": path}, so the Training tab can say so.
+    """
     adapters_dir.mkdir(parents=True, exist_ok=True)
     for stale in adapters_dir.glob(f".saving-{name}-*"):  # left by a save that was killed
         shutil.rmtree(stale, ignore_errors=True)
@@ -229,7 +234,11 @@ def save_adapter(model, name: str, adapters_dir: Path, base_name: str, card: dic
         (tmp / "arena_card.json").write_text(json.dumps(card, indent=2, default=str))
         if final.exists():  # retrained under the same name: keep the old one in the trash
             trash_dir.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(final), trash_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            old_copy = trash_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            shutil.move(str(final), old_copy)
+            print(f"the adapter '{name}' that was there before is now in {old_copy}", flush=True)
+            if reporter is not None:
+                reporter.metric({"replaced": name, "old_copy": str(old_copy)})
         os.replace(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
