@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import sys
 import textwrap
 
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from kernel.cli import (add_engine_args, add_sampling_args, engine_config_from_args, log_to_stderr, quiet_libraries,
+                        run_command, sampling_from_args)
+from kernel.files import JsonlAppender, load_done, read_jsonl
 
+quiet_libraries()
 from models import ArenaError, Engine  # noqa: E402
-from kernel.cli import add_engine_args, add_sampling_args, engine_config_from_args, sampling_from_args  # noqa: E402
-from kernel.jsonl import JsonlAppender, load_done, read_jsonl  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -117,31 +117,27 @@ def run_file(engine: Engine, args, variants, params) -> None:
             })
 
 
+def run(args) -> None:
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    params = sampling_from_args(args)
+    if args.input and not os.path.isfile(args.input):
+        raise ArenaError(f"{args.input}: no such file")
+    engine = Engine.load(engine_config_from_args(args))
+    if args.list:
+        list_variants(engine)
+        return
+    for variant in variants:
+        engine.check_variant(variant)  # fail before any work, naming the variant
+    if args.input:
+        run_file(engine, args, variants, params)
+    else:
+        answer_prompt(engine, args, variants, params)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-        params = sampling_from_args(args)
-        if args.input and not os.path.isfile(args.input):
-            raise ArenaError(f"{args.input}: no such file")
-        engine = Engine.load(engine_config_from_args(args))
-        if args.list:
-            list_variants(engine)
-            return 0
-        for variant in variants:
-            engine.check_variant(variant)  # fail before any work, naming the variant
-        if args.input:
-            run_file(engine, args, variants, params)
-        else:
-            answer_prompt(engine, args, variants, params)
-    except ArenaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0
+    log_to_stderr()
+    return run_command(lambda: run(args), interrupted="interrupted: run the same command again to resume")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ UNITS = {"evaluation": "cases", "generation": "texts"}
 class EvaluateTab:
     def __init__(self, ctx: AppContext):
         self.ctx = ctx
-        self.uploads = ctx.engine.config.data_dir / "uploads"
+        self.uploads = ctx.engine.config.paths.uploads
 
     def build(self) -> gr.Tab:
         variants = self.ctx.engine.variants()
@@ -212,7 +212,7 @@ class EvaluateTab:
         teacher_obj = self._judge(teacher)
         source = keep_upload(file, self.uploads)
         name = Path(output_name or "generated.json").name
-        output = self.ctx.engine.config.data_dir / "datasets" / (name if name.endswith(".json") else name + ".json")
+        output = self.ctx.engine.config.paths.dataset(name)
         task = self.ctx.evals.generate(source, field_name or "text", template, teacher_obj, teacher, output)
         return (f"Started **{task.id}**: writing {plain(self.ctx.relative_name(output))}; when it is done, pick it in "
                 "the Training tab.", gr.Dropdown(choices=self._run_ids(), value=task.id))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import gradio as gr
 import pandas as pd
@@ -99,7 +98,7 @@ class LeaderboardTab:
         @user_errors
         def export():
             votes = self.ctx.votes.all()
-            path = self.ctx.engine.config.data_dir / "exports" / f"votes-{time.strftime('%Y%m%d-%H%M%S')}.{suffix}"
+            path = self.ctx.engine.config.paths.votes_export(suffix)
             path.parent.mkdir(parents=True, exist_ok=True)
             result = writer(votes, path)
             gr.Info(f"{plural(result.written, 'pair')} written, {plural(result.skipped, 'vote')} skipped "

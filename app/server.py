@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 import gradio as gr
 from starlette.middleware import Middleware
@@ -13,8 +12,8 @@ from evaluation.tasks import EvalTasks
 from arena.ballots import VoteRule
 from arena.ratings import RatingStore
 from arena.votes import VoteStore
-from models import ArenaError, Engine, EngineConfig
-from kernel.cli import add_engine_args, engine_config_from_args
+from models import Engine
+from kernel.cli import add_engine_args, engine_config_from_args, log_to_stderr, run_command
 from chat.search import WebSearch, provider_from_settings
 from training.jobs import JobRunner
 
@@ -42,8 +41,8 @@ def make_context(engine: Engine, settings: AppSettings) -> AppContext:
     jobs = None if settings.public else JobRunner(engine.config.data_dir, on_finished=_serve_new_adapter(engine))
     if jobs is not None:
         jobs.start()  # re-attaches to jobs still running from before a restart
-    votes = VoteStore(engine.config.data_dir / "votes.sqlite")
-    ratings = RatingStore.in_data_dir(engine.config.data_dir)
+    votes = VoteStore(engine.config.paths.votes_db)
+    ratings = RatingStore(engine.config.paths.ratings_db)
     return AppContext(engine=engine, settings=settings, votes=votes, search=search, jobs=jobs,
                       evals=EvalTasks(engine, engine.config.data_dir), ratings=ratings,
                       ballots=VoteRule(votes, per_minute=settings.votes_per_minute, ratings=ratings),
@@ -52,7 +51,8 @@ def make_context(engine: Engine, settings: AppSettings) -> AppContext:
 
 
 def _serve_new_adapter(engine: Engine):
-    """When a job succeeds, its adapter answers in Compare and Arena at once, no restart."""
+    """When a job succeeds, its adapter answers in Compare and Arena at once, no restart. Called on the job
+    runner's hook thread, not its scheduler: loading the adapter waits for the device."""
     def on_finished(job) -> None:
         if job.status != "succeeded":
             return
@@ -126,20 +126,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own health checks, one line each
-    args = parse_args(argv)
-    try:
-        endpoints = parse_judge_endpoints(args.judge_endpoint) if args.judge_endpoint else None
-        settings = AppSettings.from_env(host=args.host, port=args.port, public=args.public,
-                                        auth=AppSettings.parse_auth(args.auth), judge_endpoints=endpoints)
-        config: EngineConfig = engine_config_from_args(args)
-        engine = Engine.load(config)
-    except ArenaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def serve(args: argparse.Namespace) -> None:
+    endpoints = parse_judge_endpoints(args.judge_endpoint) if args.judge_endpoint else None
+    settings = AppSettings.from_env(host=args.host, port=args.port, public=args.public,
+                                    auth=AppSettings.parse_auth(args.auth), judge_endpoints=endpoints)
+    engine = Engine.load(engine_config_from_args(args))
     log.info("serving %s with %d adapters on http://%s:%d", engine.base.name, len(engine.variants()) - 1,
              settings.host, settings.port)
     launch(make_context(engine, settings))
-    return 0
+
+
+def main(argv=None) -> int:
+    log_to_stderr(logging.INFO)
+    args = parse_args(argv)
+    return run_command(lambda: serve(args), interrupted="stopped")

@@ -123,8 +123,8 @@ class AppContext:
     @property
     def owned_folders(self) -> list[Path]:
         """Where a path typed in the UI may point (kernel.paths.owned_file): bundled files and DATA's inputs."""
-        data = self.engine.config.data_dir
-        return [*BUNDLED, data / "datasets", data / "uploads"]
+        paths = self.engine.config.paths
+        return [*BUNDLED, paths.datasets, paths.uploads]
 
     @property
     def default_new_tokens(self) -> int:

@@ -14,7 +14,8 @@ from kernel.errors import ArenaError
 from kernel.paths import owned_file
 from models.adapters import validate_name
 from training.check import check_dataset
-from training.jobs import FINAL, shell_command
+from training.job_store import FINAL
+from training.jobs import shell_command
 from training.loss_chart import loss_figure
 from training.resources import check_device_memory
 
@@ -34,7 +35,7 @@ class TrainingTab:
         self.ctx = ctx
         self.tabs = tabs  # to switch to Compare
         self.compare = compare  # its column dropdowns get base + the new adapter
-        self.datasets_dir = ctx.engine.config.data_dir / "datasets"
+        self.datasets_dir = ctx.engine.config.paths.datasets
         self._ended_progress: dict[str, str] = {}  # job id -> its last progress cell, for ended jobs
 
     def build(self) -> gr.Tab:
@@ -121,7 +122,7 @@ class TrainingTab:
         cfg = self.form.config(data, str(dataset), base=self.ctx.engine.config.base)
         if cfg.init_adapter:  # an adapter from an extra --adapters-dir: the job needs its folder, not its name
             info = next((a for a in self.ctx.engine.adapters() if a.name == cfg.init_adapter), None)
-            if info is not None and info.path.parent != self.ctx.engine.config.adapters_dir:
+            if info is not None and info.path.parent != self.ctx.engine.config.paths.adapters:
                 cfg.init_adapter = str(info.path)
         return cfg
 
@@ -148,7 +149,7 @@ class TrainingTab:
 
     def _name_taken(self, name: str, replace: bool) -> str:
         """'' when training may save under `name`; else what to ask (or why it cannot be replaced)."""
-        own = self.ctx.engine.config.adapters_dir / name
+        own = self.ctx.engine.config.paths.adapter(name)
         other = next((a for a in self.ctx.engine.adapters() if a.name == name and a.path.parent != own.parent), None)
         if other is not None:
             raise ArenaError(f"an adapter named '{name}' is served from another folder ({other.path.parent}): "
@@ -162,7 +163,7 @@ class TrainingTab:
     def _free_name(self, name: str) -> str:
         taken = {a.name for a in self.ctx.engine.adapters()}
         return next(f"{name}-{n}" for n in range(2, 10_000)
-                    if f"{name}-{n}" not in taken and not (self.ctx.engine.config.adapters_dir / f"{name}-{n}").exists())
+                    if f"{name}-{n}" not in taken and not self.ctx.engine.config.paths.adapter(f"{name}-{n}").exists())
 
     # ----- jobs -----------------------------------------------------------------------------------
 

@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 
 from kernel import sqlite_store
+from kernel.clock import utc_now_iso
 from kernel.errors import ArenaError
 
-from .votes import MODES, check_conversation, from_json, to_json, utc_now_iso
+from .votes import MODES, check_conversation, from_json, to_json
 
-RATINGS_FILENAME = "ratings.sqlite"
 SCHEMA_VERSION = 1
 SCORES = (1, 2, 3, 4, 5)
 BOOTSTRAP_ROUNDS = 1000
@@ -87,10 +87,6 @@ class RatingStore:
         except OSError as exc:
             raise ArenaError(f"cannot create folder for ratings {self.path.parent}: {exc.strerror}") from None
         sqlite_store.migrate(self.path, "rating store", SCHEMA, SCHEMA_VERSION)
-
-    @classmethod
-    def in_data_dir(cls, data_dir: str | Path) -> "RatingStore":
-        return cls(Path(data_dir) / RATINGS_FILENAME)
 
     def put(self, rating: Rating) -> Rating:
         """Store a rating, or change the session's earlier rating of the same answer; returns it as stored."""

@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 from models.base import DEFAULT_ALIASES  # noqa: E402
-from kernel.config import EngineConfig, SamplingParams, resolve_data_dir  # noqa: E402
+from kernel.config import EngineConfig, SamplingParams  # noqa: E402
+from kernel.data_dir import DataDir, resolve_data_dir  # noqa: E402
 from models.engine import Engine  # noqa: E402
 
 PROMPT = "Write a long story about a dragon."  # invites long answers, so runs reach max_new_tokens
@@ -83,7 +84,7 @@ def build_random_model(shape: str, folder: Path) -> tuple[Path, str]:
     """Save a random-weight llama of a real shape (config only, no download); returns (folder, tokenizer kind)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    default = resolve_data_dir() / "models" / DEFAULT_FOLDER_NAME
+    default = DataDir(resolve_data_dir()).models / DEFAULT_FOLDER_NAME
     if (default / "tokenizer.json").is_file():
         tokenizer, kind = AutoTokenizer.from_pretrained(default), "SmolLM2"
     else:
@@ -278,7 +279,7 @@ def main() -> None:
             base, tokenizer_kind = build_random_model(args.random_weights, Path(tmp))
             base, label = str(base), f"random-{args.random_weights}"
         config = EngineConfig(base=base, adapter_dirs=[adapter_dir], device=args.device, load_adapters=False)
-        default_ready = (config.models_dir / DEFAULT_FOLDER_NAME / "config.json").is_file()
+        default_ready = (config.paths.models / DEFAULT_FOLDER_NAME / "config.json").is_file()
         converted = base.lower() in DEFAULT_ALIASES and not default_ready  # Engine.load converts the GGUF first
 
         target = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -17,15 +17,15 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
-from kernel.errors import ArenaError
-from kernel.jsonl import atomic_write_text
-from training.process_watch import process_alive, process_create_time
+from kernel.data_dir import DataDir, stamp
+from kernel.errors import ArenaError, first_line
+from kernel.files import atomic_write_text
+from kernel.process import process_alive, process_create_time
 
 from .runner import EvalConfig, EvalRun, Progress, run_evaluation
 
 log = logging.getLogger(__name__)
 
-RUNS_DIR = "runs"
 KINDS = ("evaluation", "generation")
 ENDED = ("done", "cancelled", "failed", "interrupted")
 INTERRUPTED = "the app stopped while this ran: start it again (stored answers and rows are reused)"
@@ -88,7 +88,8 @@ class EvalTasks:
     def __init__(self, engine, data_dir):
         self.engine = engine
         self.data_dir = Path(data_dir)
-        self.folder = self.data_dir / RUNS_DIR
+        self.paths = DataDir(self.data_dir)
+        self.folder = self.paths.runs
         self.tasks: dict[str, EvalTask] = {}
         self._lock = threading.Lock()
 
@@ -124,7 +125,7 @@ class EvalTasks:
             ending = {"status": "failed", "error": str(exc)}
         except Exception as exc:  # shown as one line; the traceback goes to the server log
             log.exception("%s failed", task.id)
-            ending = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+            ending = {"status": "failed", "error": f"{type(exc).__name__}: {first_line(exc)}"}
         p = task.progress
         ended = replace(task.record, done=p.done, total=p.total, message=p.message,
                         seconds=round(time.time() - started, 1), **ending)
@@ -170,7 +171,7 @@ class EvalTasks:
         task = self.tasks.get(run_id)
         if task is not None:
             return self._live(task)
-        path = self.folder / f"{run_id}.json"
+        path = self.paths.run_record(run_id)
         if not run_id or path.parent != self.folder or not path.is_file():
             return None
         record = RunRecord.from_file(path)
@@ -218,14 +219,14 @@ class EvalTasks:
 
     def _save(self, record: RunRecord) -> None:
         try:
-            atomic_write_text(self.folder / f"{record.id}.json", json.dumps(asdict(record), indent=1, default=str))
+            atomic_write_text(self.paths.run_record(record.id), json.dumps(asdict(record), indent=1, default=str))
         except OSError as exc:  # the run goes on; only its place in the list after a restart is lost
             log.warning("could not save run record %s: %s", record.id, exc)
 
 
 def new_id(prefix: str) -> str:
     """Sorts by start time; the random tail keeps two runs of the same second apart."""
-    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    return f"{prefix}-{stamp()}-{secrets.token_hex(2)}"
 
 
 def evaluation_summary(task: EvalTask) -> str:

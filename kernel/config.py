@@ -5,26 +5,11 @@ The UI, `inference.py` and saved job files all build these same objects.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .data_dir import DataDir, resolve_data_dir
 from .errors import ArenaError
-
-DATA_DIR_ENV = "ARENA_DATA_DIR"
-DEFAULT_DATA_DIR = "arena_data"
-
-
-def resolve_data_dir(arg: str | os.PathLike | None = None) -> Path:
-    """The one folder for everything the program writes: --data-dir, else $ARENA_DATA_DIR, else ./arena_data."""
-    chosen = arg or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
-    path = Path(chosen).expanduser().resolve()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ArenaError(f"cannot create data folder {path}: {exc.strerror}") from None
-    return path
-
 
 @dataclass
 class SamplingParams:
@@ -75,14 +60,6 @@ class EngineConfig:
             raise ArenaError(f"unknown quantization '{self.quantization}': use 4bit or 8bit")
 
     @property
-    def adapters_dir(self) -> Path:
-        """Where trained and uploaded adapters are written."""
-        return self.data_dir / "adapters"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.data_dir / "models"
-
-    @property
-    def trash_dir(self) -> Path:
-        return self.data_dir / "trash"
+    def paths(self) -> DataDir:
+        """Every path under data_dir: adapters, models, trash, the databases, ..."""
+        return DataDir(self.data_dir)

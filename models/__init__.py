@@ -1,7 +1,8 @@
 """Engine and model/adapter registry: one base model, many LoRA adapters, one device."""
 from .adapters import AdapterInfo, validate_name
 from .base import DEFAULT_BASE_ID, LoadedBase, ensure_default_model, load_base
-from kernel.config import ArenaError, EngineConfig, SamplingParams, resolve_data_dir
+from kernel.config import ArenaError, EngineConfig, SamplingParams
+from kernel.data_dir import resolve_data_dir
 from .device_queue import Cancelled
 from .engine import BASE, Answer, ChatRequest, Continuation, Engine
 from .streaming import GenerationStats, StreamEvent

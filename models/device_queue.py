@@ -28,10 +28,6 @@ class DeviceQueue:
         with self._cond:
             return len(self._line)
 
-    @property
-    def busy(self) -> bool:
-        return self._busy
-
     @contextmanager
     def hold(self, cancel: threading.Event | None = None, on_wait: Callable[[int], None] | None = None):
         """Wait for the device; on_wait(place in line, 1 = next) is told when the place changes and each second."""

@@ -12,7 +12,6 @@ import dataclasses
 import gc
 import logging
 import queue
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -73,7 +72,7 @@ class Engine:
 
     @classmethod
     def load(cls, config: EngineConfig) -> "Engine":
-        base = load_base(config.base, config.models_dir, config.device, config.quantization)
+        base = load_base(config.base, config.paths.models, config.device, config.quantization)
         engine = cls(base, config)
         engine.rescan(load=config.load_adapters)
         return engine
@@ -82,7 +81,7 @@ class Engine:
 
     @property
     def adapter_dirs(self) -> list[Path]:
-        return [self.config.adapters_dir, *self.config.adapter_dirs]
+        return [self.config.paths.adapters, *self.config.adapter_dirs]
 
     def adapters(self) -> list[AdapterInfo]:
         with self._lock:
@@ -165,10 +164,7 @@ class Engine:
         with self._changing:
             info = self._get(name)
             self.unload_adapter(name, forget=True)
-            trash = self.config.trash_dir / f"{info.path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            trash.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(info.path), trash)
-            return trash
+            return self.config.paths.move_to_trash(info.path)
 
     def _get(self, name: str) -> AdapterInfo:
         with self._lock:

@@ -13,7 +13,6 @@ import re
 import shutil
 import stat
 import tempfile
-import time
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
@@ -54,7 +53,7 @@ def install_adapter(engine: Engine, name: str, files: list[Path], max_bytes: int
     validate_name(name)
     files = [Path(f) for f in files]
     _refuse_taken_name(engine, name, replace)
-    root = engine.config.adapters_dir
+    root = engine.config.paths.adapters
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".upload-{name}-", dir=root))
     try:
@@ -78,7 +77,7 @@ def install_adapter(engine: Engine, name: str, files: list[Path], max_bytes: int
 # ----- the name ------------------------------------------------------------------------------
 
 def _refuse_taken_name(engine: Engine, name: str, replace: bool) -> None:
-    taken = name in {a.name for a in engine.adapters()} or (engine.config.adapters_dir / name).exists()
+    taken = name in {a.name for a in engine.adapters()} or (engine.config.paths.adapters / name).exists()
     if taken and not replace:
         raise ArenaError(f"adapter '{name}' already exists: delete it first or pick another name")
 
@@ -88,11 +87,9 @@ def _retire(engine: Engine, name: str) -> None:
     if name in {a.name for a in engine.adapters()}:
         trash = engine.delete_adapter(name)
         log.info("replaced adapter '%s': old copy in %s", name, trash)
-    stray = engine.config.adapters_dir / name
+    stray = engine.config.paths.adapters / name
     if stray.exists() or stray.is_symlink():  # on disk but not (yet) scanned: still never deleted
-        trash = engine.config.trash_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(stray), trash)
+        engine.config.paths.move_to_trash(stray, name)
 
 
 # ----- unpacking -----------------------------------------------------------------------------
@@ -241,5 +238,5 @@ def _load(engine: Engine, name: str, staging: Path) -> AdapterInfo:
     if info.status == "loaded":
         return info
     engine.unload_adapter(name, forget=True)
-    os.rename(engine.config.adapters_dir / name, staging / name)  # staging is removed by the caller
+    os.rename(engine.config.paths.adapters / name, staging / name)  # staging is removed by the caller
     raise ArenaError(f"adapter '{name}' could not be loaded: {info.reason}")

@@ -10,7 +10,8 @@ from arena.export import read_preference_pairs
 from arena.votes import Vote, VoteStore
 from models import Engine, EngineConfig, SamplingParams
 from chat.turns import today
-from chat.search import SearchResult, StaticProvider, WebSearch, augment_question
+from chat.search import SearchResult, WebSearch, augment_question
+from tests.static_search import StaticProvider
 from tests.app_client import call_args
 
 FRANCE = "What is the capital of France?"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from kernel.errors import first_line
+from kernel.data_dir import DataDir
+from kernel.errors import ArenaError, first_line
 from models.base import hub_offline, resolve_base
-from kernel.errors import ArenaError
 
 from .config import TrainConfig
 from .data import load_dataset, split_examples
@@ -35,7 +35,7 @@ def load_tokenizer(base: str, models_dir: Path):
 
 def check_dataset(cfg: TrainConfig, data_dir: Path, tokenizer=None) -> CheckResult:
     """Everything a job would refuse is raised here as ArenaError, before any process starts."""
-    tokenizer = tokenizer or load_tokenizer(cfg.base, Path(data_dir) / "models")
+    tokenizer = tokenizer or load_tokenizer(cfg.base, DataDir(data_dir).models)
     examples, report = load_dataset(cfg.dataset, cfg.format)
     if cfg.validation_file:
         validation, _ = load_dataset(cfg.validation_file, cfg.format)

@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 
 from models.adapters import validate_name
-from kernel.errors import ArenaError
-from kernel.jsonl import atomic_write_text
+from kernel.errors import ArenaError, first_line
+from kernel.files import atomic_write_text
 
 FORMATS = ("auto", "text", "alpaca", "sharegpt", "messages", "prompt_completion")
 METHODS = ("lora", "rslora", "dora", "qlora")
@@ -129,26 +129,10 @@ class TrainConfig:
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            raise ArenaError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise ArenaError(f"{path}: not valid YAML ({first_line(exc)})") from None
         if not isinstance(values, dict):
             raise ArenaError(f"{path}: expected a mapping of option: value")
         return cls.from_dict(values, where=str(path))
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
-
-    def cli_args(self) -> list[str]:
-        """The same job as command-line options (what the UI shows beside the accelerate command)."""
-        args = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "extra" or value == f.default or value is None:
-                continue
-            flag = "--" + f.name.replace("_", "-")
-            if isinstance(value, bool):
-                args += [flag] if value else [f"--no-{f.name.replace('_', '-')}"]
-            elif isinstance(value, list):
-                args += [flag, ",".join(value)]
-            else:
-                args += [flag, str(value)]
-        return args

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from kernel.errors import ArenaError
 from training.config import FORMATS
-from training.files import BadRow, read_rows
+from kernel.files import BadRow, read_rows
 
+JSON_CELLS = ("conversations", "messages", "history", "tools")  # CSV columns that may hold JSON text
 MAX_BAD_ROWS = 50  # enough to see a pattern; a million bad rows would bloat the report
 DETECT_ROWS = 20  # the format is the most common one among the first rows that have one
 # The key that marks each format; a row with several is read as the first one listed.
@@ -276,7 +277,7 @@ def load_dataset(path: str | Path, format: str = "auto") -> tuple[list[Example],
     path = Path(path)
     if format not in FORMATS:
         raise ArenaError(f"unknown dataset format '{format}': use one of {', '.join(FORMATS)}")
-    rows = read_rows(path)
+    rows = read_rows(path, JSON_CELLS)
     if not rows:
         raise ArenaError(f"{path}: no rows")
     fmt = detect_format(rows, path) if format == "auto" else format

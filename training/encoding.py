@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from kernel.errors import ArenaError
+from kernel.errors import ArenaError, first_line
 from training.data import DatasetReport, Example, TokenStats
-from training.files import BadRow
+from kernel.files import BadRow
 
 IGNORE = -100  # the label PyTorch's cross-entropy skips
 
@@ -174,7 +174,7 @@ def full_encoding(example: Example, tokenizer, loss_on: str = "assistant") -> tu
     except BadRow:
         raise
     except Exception as exc:  # noqa: BLE001 - a template's own error, e.g. roles it refuses
-        raise BadRow("chat template error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise BadRow("chat template error", first_line(exc))
     if loss_on == "all":
         return ids, list(ids)
     return ids, [t if keep else IGNORE for t, keep in zip(ids, answer)]
