@@ -61,6 +61,12 @@ def test_arena_reveals_names_after_the_vote(page):
     reveal = page.inner_text("#arena-reveal")
     assert "pirate" in reveal and "base" in reveal
     assert store.count() == before + 1 and store.all()[-1].mode == "arena"
+    # After the reveal each answer can be rated 1-5, stored under its now-known variant.
+    page.locator("#arena-rate-b").get_by_label("4").check()
+    page.wait_for_function("() => document.querySelector('#arena-rate-b').innerText.includes('saved: 4 of 5')",
+                           timeout=30_000)
+    rating = page.ctx.ratings.all()[-1]
+    assert (rating.mode, rating.score) == ("arena", 4) and rating.variant in reveal
     page.screenshot(path=str(SCREENSHOTS / "arena.png"), full_page=True)
 
 
