@@ -1,9 +1,11 @@
-"""Leaderboard tab: Bradley-Terry scores with bootstrap intervals, head-to-head picture, vote exports, and
-"Train on these votes": a DPO job on the current votes, on top of a chosen adapter."""
+"""Leaderboard tab: Bradley-Terry scores with bootstrap intervals, 1-5 ratings, head-to-head picture, vote
+exports, and "Train on these votes": a DPO job on the current votes, on top of a chosen adapter."""
 from __future__ import annotations
 
+import math
 
 import gradio as gr
+import pandas as pd
 
 from arena.export import export_jsonl, export_sharegpt, select_pairs, write_pairs_jsonl
 from arena.rating import head_to_head, head_to_head_figure, leaderboard
@@ -12,6 +14,7 @@ from models.adapters import validate_name
 from training.check import check_dataset
 from training.config import TrainConfig
 from training.resources import check_device_memory
+from arena.ratings import rating_table
 
 from .access import Need, needs
 from .settings import AppContext
@@ -25,6 +28,39 @@ VOTES_DPO = dict(objective="dpo", learning_rate=5e-4, epochs=3.0, batch_size=4, 
                  eval_every=10, reference="auto")
 MIN_PAIRS = 2
 HELD_OUT_FROM = 20  # pairs; fewer all train (a validation split of 10% would hold out nothing)
+SCORE_COLUMNS = ["rank", "variant", "score", "95% interval", "battles", "wins", "losses", "ties", "win rate"]
+RATING_COLUMNS = ["variant", "mean rating", "95% interval", "ratings"]
+FEW_VOTES = 5  # below this many battles an interval says too little to be worth a number
+FEW_RATINGS = 3
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def interval(low: float, high: float, count: int, few: int, fmt: str, what: str) -> str:
+    """'980 – 1040', or a word that there is too little to tell (no zero-width interval from one vote)."""
+    if count < few or math.isnan(low) or math.isnan(high) or high - low < 1e-9:
+        return f"too few {what} to tell"
+    return f"{low:{fmt}} – {high:{fmt}}"
+
+
+def score_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """arena.rating.leaderboard as people read it: whole Elo points, an interval or a word, win rate in %."""
+    rows = [[
+        "" if pd.isna(r["rank"]) else str(r["rank"]), r["variant"],
+        "" if math.isnan(r["score"]) else f"{r['score']:.0f}",
+        interval(r["ci_low"], r["ci_high"], int(r["battles"]), FEW_VOTES, ".0f", "votes"),
+        str(r["battles"]), str(r["wins"]), str(r["losses"]), str(r["ties"]), f"{r['win_rate'] * 100:.0f}%",
+    ] for _, r in table.iterrows()]
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+
+
+def rating_rows(table: pd.DataFrame) -> pd.DataFrame:
+    rows = [[r["variant"], f"{r['mean']:.2f}",
+             interval(r["ci_low"], r["ci_high"], int(r["ratings"]), FEW_RATINGS, ".2f", "ratings"),
+             str(r["ratings"])] for _, r in table.iterrows()]
+    return pd.DataFrame(rows, columns=RATING_COLUMNS)
 
 
 class LeaderboardTab:
@@ -35,18 +71,23 @@ class LeaderboardTab:
         with gr.Tab("Leaderboard", id="leaderboard") as self.tab:
             self.summary = gr.Markdown(elem_id="leaderboard-summary")
             # Plain-text cells: a variant name comes from a vote and must never become HTML.
-            self.table = gr.Dataframe(label="Scores (Bradley-Terry, Elo scale, 95% bootstrap interval)",
-                                      interactive=False, datatype="str", elem_id="leaderboard-table")
-            self.matrix = gr.Plot(label="Head to head: how often the row beats the column (ties count half)")
+            self.table = gr.Dataframe(pd.DataFrame(columns=SCORE_COLUMNS), interactive=False, datatype="str",
+                                      label="Scores from votes (Bradley-Terry, Elo scale, 95% bootstrap interval)",
+                                      elem_id="leaderboard-table")
+            self.ratings = gr.Dataframe(pd.DataFrame(columns=RATING_COLUMNS), interactive=False, datatype="str",
+                                        label="Ratings from 1 to 5 (mean, 95% bootstrap interval of the mean, count)",
+                                        elem_id="leaderboard-ratings")
+            # The figure carries its own title: a component label as well sat on top of it.
+            self.matrix = gr.Plot(show_label=False, elem_id="leaderboard-matrix")
             self.refresh = gr.Button("Refresh")
             with gr.Row():
                 self.export_pairs = gr.Button("Export preference pairs (JSONL)")
                 self.export_sharegpt = gr.Button("Export sharegpt (dpo_en_demo form)")
             self.download = gr.File(label="Export", interactive=False)
             self._train_panel()
-        outputs = [self.summary, self.table, self.matrix]
-        self.tab.select(self._refresh, None, outputs, api_visibility="private")
-        self.refresh.click(self._refresh, None, outputs, api_name="leaderboard")
+        outputs = [self.summary, self.table, self.ratings, self.matrix]
+        self.tab.select(self._refresh, None, outputs, api_visibility="private", show_progress_on=self.summary)
+        self.refresh.click(self._refresh, None, outputs, api_name="leaderboard", show_progress_on=self.summary)
         self.export_pairs.click(self._export(export_jsonl, "jsonl"), None, self.download, api_name="export_pairs")
         self.export_sharegpt.click(self._export(export_sharegpt, "json"), None, self.download,
                                    api_name="export_sharegpt")
@@ -84,12 +125,16 @@ class LeaderboardTab:
     @user_errors
     def _refresh(self):
         votes = self.ctx.votes.all()
+        ratings = self.ctx.ratings.all() if self.ctx.ratings is not None else []
+        rated = rating_rows(rating_table(ratings)) if ratings else pd.DataFrame(columns=RATING_COLUMNS)
+        rating_words = plural(len(ratings), "rating") + " from 1 to 5"
         if not votes:
-            return "No votes yet: battle in the Arena or vote under Compare.", None, None
-        table = leaderboard(votes)
+            return (f"No votes yet: battle in the Arena or vote under Compare. {rating_words}.",
+                    pd.DataFrame(columns=SCORE_COLUMNS), rated, None)
         arena = sum(v.mode == "arena" for v in votes)
-        summary = f"{len(votes)} votes ({arena} blind arena, {len(votes) - arena} from Compare)."
-        return summary, table.round(3), head_to_head_figure(head_to_head(votes))
+        summary = (f"{plural(len(votes), 'vote')} ({arena} blind arena, {len(votes) - arena} from Compare); "
+                   f"{rating_words}. An interval needs at least {FEW_VOTES} battles.")
+        return summary, score_rows(leaderboard(votes)), rated, head_to_head_figure(head_to_head(votes))
 
     def _export(self, writer, suffix: str):
         @needs(Need.OPERATOR, "exporting votes (every visitor's conversations)")
@@ -99,7 +144,8 @@ class LeaderboardTab:
             path = self.ctx.engine.config.paths.votes_export(suffix)
             path.parent.mkdir(parents=True, exist_ok=True)
             result = writer(votes, path)
-            gr.Info(f"{result.written} pairs written, {result.skipped} votes skipped (ties, both bad, identical answers).")
+            gr.Info(f"{plural(result.written, 'pair')} written, {plural(result.skipped, 'vote')} skipped "
+                    "(ties, both bad, identical answers).")
             return str(result.path)
         return export
 

@@ -15,7 +15,10 @@ QUICK_CPU_DEMO = dict(method="lora", rank=16, alpha=32, dropout=0.05, target_mod
 NEW = "a new LoRA"  # init_adapter's "none": the other choices are adapter names
 OBJECTIVE_LABELS = {"sft": "SFT: imitate the answers", "dpo": "DPO: prefer chosen over rejected",
                     "orpo": "ORPO: SFT + preference, no reference", "kto": "KTO: desirable / undesirable answers"}
-PRESETS = {"Quick CPU demo (a few minutes on the default model)": QUICK_CPU_DEMO, "Custom": {}}
+CUSTOM = "Custom"
+PRESETS = {"Quick CPU demo (a few minutes on the default model)": QUICK_CPU_DEMO, CUSTOM: {}}
+FEW_EPOCHS = 2  # below this the demo adapter had not learned its style (it answered "Oh no, no no no…")
+EPOCHS_INFO = "the Quick CPU demo needs about 5; 1 is too little for the adapter to learn the style"
 
 
 @dataclass
@@ -51,7 +54,7 @@ class TrainingForm:
                 w["learning_rate"] = gr.Number(value=QUICK_CPU_DEMO["learning_rate"], label="Learning rate")
                 w["lr_scheduler"] = gr.Dropdown(list(SCHEDULERS), value=d.lr_scheduler, label="Schedule")
                 w["warmup_ratio"] = gr.Slider(0, 0.5, value=d.warmup_ratio, step=0.01, label="Warm-up share")
-                w["epochs"] = gr.Number(value=QUICK_CPU_DEMO["epochs"], label="Epochs")
+                w["epochs"] = gr.Number(value=QUICK_CPU_DEMO["epochs"], label="Epochs", info=EPOCHS_INFO)
                 w["max_steps"] = gr.Number(value=-1, precision=0, label="Max steps (-1 = use epochs)")
             with gr.Row():
                 w["batch_size"] = gr.Slider(1, 64, value=d.batch_size, step=1, label="Batch size")
@@ -71,7 +74,11 @@ class TrainingForm:
                 w["reference"] = gr.Radio(list(REFERENCES), value=d.reference,
                                           label="Reference (DPO/KTO): the frozen start adapter (init) or the base")
         form = cls(w, preset)
-        preset.change(form.apply_preset, preset, list(w.values()), api_visibility="private")
+        # .input, not .change: only a click applies a preset (clicking it again after an edit reapplies it),
+        # and an edit of a preset's setting turns the preset to Custom, in the browser (no server call).
+        preset.input(form.apply_preset, preset, list(w.values()), api_visibility="private")
+        for name in QUICK_CPU_DEMO:
+            w[name].input(None, None, preset, js=f"() => {CUSTOM!r}")
         return form
 
     @property
@@ -103,3 +110,9 @@ def adapter_source(engine, name: str | None) -> str | None:
     if info is not None and info.path.parent != engine.config.paths.adapters:
         return str(info.path)
     return name
+def few_epochs_warning(config: TrainConfig) -> str:
+    """A line for the Training tab's note when the run is likely too short to change the answers."""
+    if config.max_steps and config.max_steps > 0 or config.epochs >= FEW_EPOCHS:
+        return ""
+    return (f"**Note:** {config.epochs:g} epoch is likely too little: the demo adapter learns its style in about 5 "
+            "(after 1 it answered \"Oh no, no no no…\" until the token limit).")

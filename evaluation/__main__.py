@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--judge", default=None, help="a variant name or an OpenAI-compatible URL (http://host/v1?model=NAME)")
     run.add_argument("--report", default=None, help="Markdown report path (default: in the run folder)")
     run.add_argument("--max-new-tokens", type=int, default=256)
-    run.add_argument("--limit", type=int, default=None, help="only the first N cases")
+    run.add_argument("--limit", type=int, default=None, help="only N cases, taken in turn from each category")
     run.add_argument("--categories", default=None, help="comma-separated categories to run")
     run.add_argument("--stages", action="store_true",
                      help="the variants are successive stages of one fine-tune, in training order: also compare "

@@ -52,7 +52,18 @@ def system_for(case: Case) -> str | None:
 def select_cases(cases: list[Case], cfg: EvalConfig) -> list[Case]:
     if cfg.categories:
         cases = [c for c in cases if c.category in set(cfg.categories)]
-    return cases[: cfg.limit] if cfg.limit else cases
+    return across_categories(cases, cfg.limit) if cfg.limit else cases
+
+
+def across_categories(cases: list[Case], limit: int) -> list[Case]:
+    """`limit` cases taken in turn from each category (the first of each, then the second...), in suite
+    order: a suite's first rows are often one category, and a short run should still cover them all."""
+    by_category: dict[str, list[int]] = {}
+    for position, case in enumerate(cases):
+        by_category.setdefault(case.category, []).append(position)
+    rounds = max((len(p) for p in by_category.values()), default=0)
+    picked = [p[i] for i in range(rounds) for p in by_category.values() if i < len(p)][:limit]
+    return [cases[i] for i in sorted(picked)]
 
 
 def run_evaluation(engine: Engine, cfg: EvalConfig, data_dir: Path, judge=None, progress: Progress | None = None,
@@ -84,6 +95,7 @@ def run_evaluation(engine: Engine, cfg: EvalConfig, data_dir: Path, judge=None, 
     if judge is not None and not run.cancelled:
         progress.update(len(cases), len(cases), "judging Arena votes")
         run.vote_agreement = judge_vote_agreement(judge, Path(data_dir))
+    run.ratings = people_ratings(cases, cfg.variants, Path(data_dir))
     progress.update(len(cases), len(cases), "cancelled" if run.cancelled else "done")
     run.seconds = time.time() - started
     return run
@@ -197,3 +209,18 @@ def judge_vote_agreement(judge, data_dir: Path, limit: int = 50) -> str:
         verdicts[(prompt, vote.variant_a, vote.variant_b)] = grade_pairwise(
             judge, prompt, vote.conversation_a[-1]["content"], vote.conversation_b[-1]["content"])
     return agreement_with_votes(verdicts, votes).summary()
+
+
+def people_ratings(cases: list[Case], variants: list[str], data_dir: Path) -> list[dict]:
+    """Mean 1-5 ratings (with intervals) people gave in Compare and Arena to answers to these cases' prompts."""
+    from arena.ratings import RatingStore, rating_table, ratings_of_prompts
+
+    path = DataDir(data_dir).ratings_db
+    if not path.is_file():
+        return []
+    conversations = []
+    for case in cases:
+        asked = [m["content"] for m in case.messages if m["role"] == "user"]
+        conversations += [asked + case.followups[:turn] for turn in range(case.turns)]
+    found = ratings_of_prompts(RatingStore(path).all(), conversations)
+    return rating_table(found, order=variants).to_dict("records") if found else []

@@ -8,9 +8,11 @@
       uploads/                   suites uploaded in the Evaluate tab
       exports/votes-<time>.*     Arena votes exported as preference pairs
       votes.sqlite               Arena and Compare votes
+      ratings.sqlite             1-to-5 ratings of single answers (Compare, and Arena after the reveal)
       jobs.sqlite, jobs/<id>/    training jobs and each one's config, log, metrics and checkpoints
       eval.sqlite                evaluation answers, reused when nothing they depend on changed
       evaluations/<time>-<suite>/  one evaluation run: its answers and reports
+      runs/<id>.json             the Evaluate tab's background runs (evaluations, dataset generation), listed after a reload
 
 DATA is --data-dir, else $ARENA_DATA_DIR, else ./arena_data (`resolve_data_dir`).
 """
@@ -86,10 +88,18 @@ class DataDir:
     def evaluations(self) -> Path:
         return self.root / "evaluations"
 
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
     # databases
     @property
     def votes_db(self) -> Path:
         return self.root / "votes.sqlite"
+
+    @property
+    def ratings_db(self) -> Path:
+        return self.root / "ratings.sqlite"
 
     @property
     def jobs_db(self) -> Path:
@@ -105,6 +115,9 @@ class DataDir:
 
     def job(self, job_id: str) -> Path:
         return self.jobs / job_id
+
+    def run_record(self, run_id: str) -> Path:
+        return self.runs / f"{run_id}.json"
 
     def evaluation_run(self, suite_name: str) -> Path:
         """A new run's folder, named by when it started and the suite it ran."""

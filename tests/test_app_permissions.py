@@ -21,6 +21,7 @@ VISITOR_FUNCTIONS = {
     "_refresh_variants", "compare_vote_best", "compare_vote_tie", "compare_vote_all_bad",
     "arena_send", "arena_stop", "arena_vote_a", "arena_vote_b", "arena_vote_tie", "arena_vote_both_bad",
     "arena_new_battle", "_matchup_choices",  # which adapter was trained on top of which: names every visitor sees
+    "compare_rate", "arena_rate_a", "arena_rate_b",  # 1-5 ratings, through the vote rule
     "_refresh", "leaderboard",  # the leaderboard's scores: counts and ratings, no conversation
     "_adapter_choices",  # the adapter names of the train-on-votes form
     "apply_preset", "_start_from_choices", "_on_select",  # a form preset; adapter names and the table

@@ -8,21 +8,7 @@ import pytest
 
 from arena.votes import VoteStore
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """One Chromium for the module: Playwright's sync API allows one running instance per thread."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +61,12 @@ def test_arena_reveals_names_after_the_vote(page):
     reveal = page.inner_text("#arena-reveal")
     assert "pirate" in reveal and "base" in reveal
     assert store.count() == before + 1 and store.all()[-1].mode == "arena"
+    # After the reveal each answer can be rated 1-5, stored under its now-known variant.
+    page.locator("#arena-rate-b").get_by_label("4").check()
+    page.wait_for_function("() => document.querySelector('#arena-rate-b').innerText.includes('saved: 4 of 5')",
+                           timeout=30_000)
+    rating = page.ctx.ratings.all()[-1]
+    assert (rating.mode, rating.score) == ("arena", 4) and rating.variant in reveal
     page.screenshot(path=str(SCREENSHOTS / "arena.png"), full_page=True)
 
 
@@ -106,8 +98,14 @@ def test_training_tab_trains_then_compares(page):
                            timeout=120_000)
     page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('succeeded')",
                            timeout=300_000)
-    assert page.locator("#train-curves canvas, #train-curves svg").count() > 0
+    assert page.locator("#train-curves img, #train-curves canvas, #train-curves svg").count() > 0
+    assert "ETA" not in page.inner_text("#train-status")  # an ended job has no time left to estimate
     page.screenshot(path=str(SCREENSHOTS / "training.png"), full_page=True)
+    page.reload()  # the tab, the job, its command and chart come back
+    page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('ahoy-browser')",
+                           timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#train-command').innerText.includes('accelerate launch')",
+                           timeout=30_000)
     page.click("#train-compare")
     page.wait_for_function("() => document.querySelector('#compare-variant-1 input').value === 'ahoy-browser'",
                            timeout=30_000)
@@ -124,7 +122,7 @@ def test_training_tab_trains_then_compares(page):
 
 def test_evaluate_tab_shows_the_report(page):
     page.get_by_role("tab", name="Evaluate").click()
-    limit = page.get_by_label("Only the first N cases (0 = all)")
+    limit = page.locator("#eval-limit input")
     limit.fill("3")
     limit.press("Tab")
     page.locator("#eval-stages input").check()  # base then pirate, read as two stages of one fine-tune

@@ -22,7 +22,8 @@ from tests.helpers import wait_for
 from training.config import TrainConfig
 from training.job_store import JobStore
 from training.jobs import NO_ADAPTER, JobRunner, job_command, shell_command
-from training.process_watch import DIED, last_error_line, process_alive, process_create_time
+from kernel.process import process_alive, process_create_time
+from training.process_watch import DIED, last_error_line
 
 FAKE_TRAINER = r'''
 import json, os, signal, subprocess, sys, time

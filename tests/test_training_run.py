@@ -24,7 +24,7 @@ from tests.helpers import wait_for
 from training.config import TrainConfig
 from training.job_store import JobStore, latest_checkpoint
 from training.jobs import JobRunner
-from training.process_watch import process_alive
+from kernel.process import process_alive
 
 REPO = Path(__file__).resolve().parent.parent
 AHOY = REPO / "training" / "examples" / "ahoy_demo.json"
