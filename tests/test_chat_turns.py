@@ -1,20 +1,33 @@
 """What a Compare or Arena column says while it waits and answers (chat.turns.stats_line), on the real tiny
-engine: a turn queued behind another one hears its place in line, then how long it waited."""
+engine: a turn queued behind another one hears its place in line, then how long it waited. The reference backend
+answers one call at a time, so a second turn waits there; the batched backend's waiting places (rows beyond its
+slots) are tested in tests/test_batched_serving.py."""
 from __future__ import annotations
 
 import threading
 
+import pytest
+
 from chat.turns import Column, answer_turn, stats_line
 from kernel.config import SamplingParams
+from models import Engine, EngineConfig
 from models.streaming import GenerationStats
 
 
-def test_a_turn_behind_another_shows_its_place_then_the_wait_in_its_stats(tiny_engine):
+@pytest.fixture(scope="module")
+def one_at_a_time(tmp_path_factory, tiny_model_path, tiny_adapters):
+    engine = Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=tmp_path_factory.mktemp("turns"),
+                                      adapter_dirs=[tiny_adapters], backend="hf"))
+    yield engine
+    engine.close()
+
+
+def test_a_turn_behind_another_shows_its_place_then_the_wait_in_its_stats(one_at_a_time):
     long = [Column("base", params=SamplingParams(max_new_tokens=400))]
     first_token = threading.Event()
 
     def first_turn():
-        for columns in answer_turn(tiny_engine, long, "Tell me a long story."):
+        for columns in answer_turn(one_at_a_time, long, "Tell me a long story."):
             if columns[0].history[-1]["content"]:
                 first_token.set()
 
@@ -22,7 +35,7 @@ def test_a_turn_behind_another_shows_its_place_then_the_wait_in_its_stats(tiny_e
     runner.start()
     assert first_token.wait(120), "the first turn never started answering"
     lines = []
-    for columns in answer_turn(tiny_engine, [Column("a1", params=SamplingParams(max_new_tokens=4))], "Hi"):
+    for columns in answer_turn(one_at_a_time, [Column("a1", params=SamplingParams(max_new_tokens=4))], "Hi"):
         lines.append(stats_line(columns[0]))
     runner.join(120)
     assert any(line.startswith("waiting for room on the device: 1st in line") for line in lines), lines[:3]
