@@ -13,7 +13,7 @@ from .access import Need, needs
 from .settings import AppContext
 from .widgets import user_errors
 
-COLUMNS = ["name", "status", "reason", "served_by", "rank", "alpha", "target_modules", "trainable_parameters",
+COLUMNS = ["name", "status", "reason", "served_by", "rank", "alpha", "target_modules", "carries", "trainable_parameters",
            "base", "created", "dataset"]
 
 
