@@ -15,7 +15,7 @@ from .access import Need, needs
 from .settings import AppContext
 from .widgets import user_errors
 
-COLUMNS = ["name", "status", "reason", "served_by", "rank", "alpha", "target_modules", "trainable_parameters",
+COLUMNS = ["name", "status", "reason", "served_by", "rank", "alpha", "target_modules", "carries", "trainable_parameters",
            "base", "created", "dataset"]
 # Widths by column, so a narrow page scrolls the table instead of wrapping a header into one letter a line.
 WIDTHS = {"name": "150px", "status": "90px", "reason": "280px", "served_by": "110px", "rank": "70px", "alpha": "70px",
