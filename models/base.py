@@ -59,7 +59,10 @@ class LoadedBase:
 
     @property
     def parameters(self) -> int:
-        return sum(true_numel(p) for n, p in self.model.named_parameters() if "lora_" not in n)
+        # Adapters' weights inside the model (LoRA, a PEFT copy of a whole module) are not the base's;
+        # a 4-bit weight counts the weights it packs.
+        return sum(true_numel(p) for n, p in self.model.named_parameters()
+                   if "lora_" not in n and ".modules_to_save." not in n)
 
 
 def short_name(name_or_path: str) -> str:

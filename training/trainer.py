@@ -142,9 +142,14 @@ def parameter_counts(model) -> tuple[int, int]:
 
 
 def training_arguments(cfg: TrainConfig, output_dir: Path, has_validation: bool) -> TrainingArguments:
+    return TrainingArguments(**argument_values(cfg, output_dir, has_validation))
+
+
+def argument_values(cfg: TrainConfig, output_dir: Path, has_validation: bool) -> dict:
+    """TrainingArguments' values for a job; TRL's configs (training.preference) extend the same ones."""
     cuda = torch.cuda.is_available()
     evaluate = has_validation
-    return TrainingArguments(
+    return dict(
         output_dir=str(output_dir), per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=float(cfg.warmup_ratio),
@@ -191,8 +196,8 @@ def train(cfg: TrainConfig, data_dir: Path, reporter=None, resume_from: Path | N
     card["optimizer_state_bytes"] = optimizer_state_bytes(trainer.optimizer)
     if cfg.method == "full":
         write = lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp))  # noqa: E731
-        return save_atomically(write, cfg.name, paths.models, card, paths, own_only=True)
-    return save_adapter(model, cfg.name, paths, base_name, card)
+        return save_atomically(write, cfg.name, paths.models, card, paths, reporter, own_only=True)
+    return save_adapter(model, cfg.name, paths, base_name, card, reporter)
 
 
 def _tokens_per_step(train: list, args: TrainingArguments) -> float:
@@ -235,7 +240,7 @@ def _best_step(trainer) -> int | None:
     return int(best.rsplit("-", 1)[-1]) if best else None
 
 
-def save_adapter(model, name: str, paths: DataDir, base_name: str, card: dict) -> Path:
+def save_adapter(model, name: str, paths: DataDir, base_name: str, card: dict, reporter=None) -> Path:
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         config_path = tmp / "adapter_config.json"
@@ -243,13 +248,16 @@ def save_adapter(model, name: str, paths: DataDir, base_name: str, card: dict) -
         config["base_model_name_or_path"] = base_name  # the Hub id, not this machine's cache path
         config_path.write_text(json.dumps(config, indent=2))
 
-    return save_atomically(write, name, paths.adapters, card, paths)
+    return save_atomically(write, name, paths.adapters, card, paths, reporter)
 
 
-def save_atomically(write, name: str, parent: Path, card: dict, paths: DataDir, own_only: bool = False) -> Path:
+def save_atomically(write, name: str, parent: Path, card: dict, paths: DataDir, reporter=None,
+                    own_only: bool = False) -> Path:
     """write(tmp) into a dot folder (the registry ignores those), add the card with the size on disk, then
     rename: never a half-written result. own_only: refuse to replace a folder this trainer did not write
-    (a full fine-tune must not put the converted default model in the trash)."""
+    (a full fine-tune must not put the converted default model in the trash). What was saved under the
+    name before goes to the trash first; where it went is printed and, for a job, reported as a metrics
+    record {"old_copy": path}, so the Training tab can say so."""
     parent.mkdir(parents=True, exist_ok=True)
     final = parent / name
     if own_only and final.exists() and not (final / CARD_FILE).is_file():
@@ -262,7 +270,10 @@ def save_atomically(write, name: str, parent: Path, card: dict, paths: DataDir, 
         card["saved_bytes"] = folder_bytes(tmp)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
         if final.exists():  # retrained under the same name: keep the old one in the trash
-            paths.move_to_trash(final)
+            old_copy = paths.move_to_trash(final)
+            print(f"the '{name}' that was there before is now in {old_copy}", flush=True)
+            if reporter is not None:
+                reporter.metric({"replaced": name, "old_copy": str(old_copy)})
         os.replace(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
