@@ -7,12 +7,11 @@ while others are mid-answer, with different lengths, and must give the same toke
 from __future__ import annotations
 
 import shutil
-import threading
 
 import pytest
 
 from models import ChatRequest, Engine, EngineConfig, SamplingParams
-from tests.helpers import final_events, wait_for
+from tests.helpers import final_events, join_mid_answer, wait_for
 
 PROMPTS = ["Hello there", "Tell me a story about the sea.", "What is 2 + 2?", "Name three colors."]
 GREEDY = SamplingParams(max_new_tokens=16)
@@ -70,19 +69,10 @@ def test_rows_with_different_max_new_tokens_end_on_their_own(reference, batched)
 def test_rows_that_join_mid_answer_give_the_reference_tokens(reference, batched):
     first = ChatRequest("a1", PROMPTS[1], params=SamplingParams(max_new_tokens=40))
     later = [ChatRequest("a2", PROMPTS[2], params=GREEDY), ChatRequest("base", PROMPTS[3], params=GREEDY)]
-    stream = batched.stream([first])
-    started = [next(stream) for _ in range(5)]  # the first row is mid-answer...
-    results = {}
-    threads = [threading.Thread(target=lambda i=i, r=r: results.setdefault(i, alone(batched, r)))
-               for i, r in enumerate(later)]
-    for thread in threads:  # ...when two more rows join its batch
-        thread.start()
-    rest = list(stream)
-    for thread in threads:
-        thread.join(60)
-    assert not started[-1].done and rest[-1].done
-    assert rest[-1].token_ids == alone(reference, first)
-    assert [results[i] for i in range(len(later))] == [alone(reference, r) for r in later]
+    events, answers = join_mid_answer(batched, first, later, before=5)
+    assert not events[4].done and events[-1].done  # the first row was mid-answer when the others joined
+    assert events[-1].token_ids == alone(reference, first)
+    assert answers == [alone(reference, r) for r in later]
 
 
 def test_log_likelihoods_equal_the_reference(reference, batched):

@@ -1,10 +1,11 @@
 """The default backend: every caller's rows share one decode loop, each row with its own adapter.
 
 It builds the pieces (forward pass over the model's own weights, KV cache, stacked LoRA weights,
-CUDA graphs on a GPU) and hands rows to the scheduler thread. Adapters it cannot serve in the
-stacks (DoRA, bias or fully trained modules, a rank above the fixed CUDA stack) are attached to a
-reference backend on the same model instead, and their rows are answered there; the Models tab
-says which path serves each adapter, and why.
+CUDA graphs on a GPU) and hands rows to the scheduler thread. An adapter's own lm_head or
+embed_tokens copy and LoRA on embed_tokens are served here too, for its rows only (own_modules.py).
+Adapters it cannot serve in the stacks (DoRA, bias, other fully trained modules, a rank above the
+fixed CUDA stack) are attached to a reference backend on the same model instead, and their rows are
+answered there; the Models tab says which path serves each adapter, and why.
 """
 from __future__ import annotations
 
@@ -115,7 +116,8 @@ class BatchedBackend:
             weights = read_lora(info.path, len(self.forward.layers))
         except Exception as exc:  # unreadable weights: the registry shows the reason, the server goes on
             return f"cannot read the adapter's weights: {first_line(exc)[:300]}"
-        why = weights if isinstance(weights, str) else self.stacks.refusal(weights)
+        why = weights if isinstance(weights, str) else (
+            weights.modules.mismatch(*self.forward.embed.shape) or self.stacks.refusal(weights))
         if why:
             reason = self.reference.attach(info, replace=replace)
             if not reason:
@@ -203,6 +205,7 @@ class BatchedBackend:
             "kv_cache": f"{plan.describe()}, {self.cache.megabytes:.0f} MB",
             "memory_mb": memory_mb(self.base), "waiting": self.waiting,
             "adapters_in_memory": len(self.stacks.used) + len(self.reference.attached),
+            "adapter_modules_mb": sum(m.megabytes for m in self.stacks.modules.values()),  # own heads/embeddings
         }
 
     def close(self) -> None:
