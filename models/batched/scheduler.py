@@ -216,7 +216,7 @@ class Scheduler:
         now = time.perf_counter()
         row = 0
         for job, count, targets in uses:
-            if job.row is None:
+            if job.row is None and count:  # a chunk inside the prompt scores nothing yet
                 picked = torch.log_softmax(logits[row:row + count].float(), dim=-1)
                 job.logprob += float(picked[torch.arange(count), torch.tensor(targets, device=self.device)].sum())
             row += count
