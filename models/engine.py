@@ -42,6 +42,7 @@ class ChatRequest:
     messages: list[dict] | str
     system: str | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
+    prompt_ids: list[int] | None = None  # raw prompt tokens, no chat template (the API's /v1/completions)
 
 
 @dataclass
@@ -49,6 +50,13 @@ class Continuation:
     text: str
     logprob: float  # sum over the continuation's tokens
     tokens: int
+
+
+@dataclass
+class TokenLogprob:
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]  # the likeliest tokens at this position, most likely first
 
 
 @dataclass
@@ -294,9 +302,13 @@ class Engine:
             self.runner.run(group, params, self._peft, emit, cancel, wait, mixed=False)
 
     def _row(self, index: int, request: ChatRequest) -> Row:
-        messages = normalize_messages(request.messages, request.system)
         adapter = self._adapter_for(request.variant)
-        ids = build_prompt_ids(self.base.tokenizer, messages)
+        if request.prompt_ids is not None:
+            ids = list(request.prompt_ids)
+        else:
+            ids = build_prompt_ids(self.base.tokenizer, normalize_messages(request.messages, request.system))
+        if not ids:
+            raise ArenaError("the prompt is empty")
         if len(ids) >= self.context_limit:
             raise ArenaError(
                 f"the conversation is {len(ids)} tokens, this model's context is {self.context_limit}: "
@@ -360,6 +372,22 @@ class Engine:
                 scores = self.runner.score(prompt, options)
         return [Continuation(text, logprob, len(ids)) for text, (logprob, ids) in
                 zip(continuations, zip(scores, options))]
+
+    def token_logprobs(self, variant: str, ids: list[int], top: int = 0,
+                       cancel: threading.Event | None = None) -> list[TokenLogprob]:
+        """Each token's log-probability after the tokens before it (from the second token on), with
+        the `top` likeliest alternatives: what an OpenAI `echo` + `logprobs` request reports."""
+        adapter = self._adapter_for(variant)
+        if len(ids) > self.context_limit:
+            raise ArenaError(f"the prompt is {len(ids)} tokens, this model's context is {self.context_limit}")
+        with self.device.hold(cancel):
+            with self._adapter_active(adapter):
+                scored = self.runner.token_logprobs(ids, top)
+        return [TokenLogprob(token, logprob, alternatives) for token, (logprob, alternatives) in zip(ids[1:], scored)]
+
+    @property
+    def tokenizer(self):
+        return self.base.tokenizer
 
     @contextlib.contextmanager
     def _adapter_active(self, adapter: str):

@@ -88,6 +88,18 @@ class HFRunner:
             scores.append(float(logprobs[row, positions, targets].sum()))
         return scores
 
+    def token_logprobs(self, ids: list[int], top: int = 0) -> list[tuple[float, list[tuple[int, float]]]]:
+        """(log-probability, top alternatives) of ids[1:], each after the tokens before it: one forward pass."""
+        with torch.inference_mode():
+            logits = self.base_model(input_ids=torch.tensor([ids], device=self.device)).logits[0, :-1].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        targets = torch.tensor(ids[1:], device=self.device)
+        chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
+        if top <= 0:
+            return [(value, []) for value in chosen]
+        values, tokens = logprobs.topk(top, dim=-1)
+        return [(value, list(zip(t, v))) for value, t, v in zip(chosen, tokens.tolist(), values.tolist())]
+
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
