@@ -29,9 +29,14 @@ class Answers:
     async def start(self, request, requests: list[ChatRequest]) -> tuple[EngineCall, object]:
         """Start the engine call and wait for its first event (the client hanging up cancels it)."""
         call = EngineCall(self.engine, requests)
+        deadline = asyncio.get_running_loop().time() + self.wait_s
         try:
             async with cancel_on_disconnect(request, call.cancel):
                 first = await call.next(timeout=self.wait_s)
+                while first is not None and not (first.delta or first.done):  # still waiting for room
+                    first = await call.next(timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+            if first is None:
+                raise ApiError(500, "the engine ended without an answer")
         except asyncio.TimeoutError:
             call.close()
             raise ApiError(503, f"server busy: the model had no room for this request within {self.wait_s:g} s; "

@@ -248,3 +248,12 @@ def test_a_client_that_hangs_up_frees_its_place_at_once(launch_app, real_engine)
     running.close()  # hang up mid-answer: the 2000-token answer (minutes on a CPU) stops
     quick = api_client(url, timeout=30).chat.completions.create(model="base", messages=HELLO, **GREEDY)
     assert quick.choices[0].message.content
+
+
+def test_no_ui_serves_only_the_api_and_warns_when_open_to_the_network(arena_process, tmp_path, tiny_model_path,
+                                                                      tiny_adapters):
+    shutil.copytree(tiny_adapters / "a2", tmp_path / "adapters" / "a2")
+    server = arena_process("--no-ui", "--base", str(tiny_model_path), "--data-dir", str(tmp_path), host="0.0.0.0")
+    assert "warning: the /v1 API on 0.0.0.0" in server.output() and "has no key" in server.output()
+    assert {m.id for m in api_client(server.url + "/").models.list().data} == {tiny_model_path.name, "a2"}
+    assert httpx.get(server.url + "/").status_code == 404  # no web page
