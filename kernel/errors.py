@@ -10,3 +10,8 @@ def first_line(value: object) -> str:
     """The first line of an exception's (or any value's) text, else its type's name: for one-line messages."""
     text = str(value).strip().splitlines()
     return text[0] if text else type(value).__name__
+
+
+class NotSupported(ArenaError):
+    """What was asked cannot be done by this backend at all (e.g. a remote server without echo + logprobs):
+    reported as such, never scored as a wrong answer."""
