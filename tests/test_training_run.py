@@ -236,6 +236,31 @@ def test_d_two_processes_on_the_cpu_train_one_job(tmp_path, tiny_model_path):
     assert not list(scratch.glob("arena-train-*"))  # no rank trained into a forgotten temp folder
 
 
+def launched_env(tmp_path: Path, config: str, processes: int) -> list[dict]:
+    """What `accelerate launch --config_file training/accelerate/CONFIG` hands each process it starts."""
+    script = tmp_path / "env.py"
+    script.write_text("import json, os\nprint(json.dumps({k: v for k, v in os.environ.items() "
+                      "if k.startswith(('ACCELERATE_', 'FSDP_')) or k in ('RANK', 'WORLD_SIZE')}))\n")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "training" / "accelerate" / config), "--num_processes", str(processes), str(script)]
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+
+
+def test_d_the_ddp_config_file_starts_one_process_per_device(tmp_path):
+    ranks = launched_env(tmp_path, "ddp.yaml", 2)
+    assert sorted(env["RANK"] for env in ranks) == ["0", "1"] and {env["WORLD_SIZE"] for env in ranks} == {"2"}
+
+
+def test_d_the_fsdp_config_file_asks_for_fsdp2_with_full_weights_at_the_end(tmp_path):
+    """FSDP itself needs GPUs: on a CPU accelerate runs the same job as plain data parallel, so what can be
+    checked here is that the file reaches accelerate as FSDP2, one shard unit per decoder layer."""
+    [env] = launched_env(tmp_path, "fsdp.yaml", 1)
+    assert (env["ACCELERATE_USE_FSDP"], env["FSDP_VERSION"]) == ("true", "2")
+    assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP" and env["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT"
+
+
 # ----- e) bad input ----------------------------------------------------------------------------
 
 def write_rows(path: Path, rows) -> Path:

@@ -77,9 +77,11 @@ def load_for_training(cfg: TrainConfig, models_dir: Path):
     if cfg.method == "qlora":
         from transformers import BitsAndBytesConfig
 
+        # FSDP shards only parameters of one dtype: under it the packed 4-bit weights are stored as bf16.
+        fsdp = {"bnb_4bit_quant_storage": torch.bfloat16} if os.environ.get("ACCELERATE_USE_FSDP") == "true" else {}
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
-            bnb_4bit_use_double_quant=True)
+            bnb_4bit_use_double_quant=True, **fsdp)
     offline = hub_offline()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
@@ -159,12 +161,14 @@ def train(cfg: TrainConfig, data_dir: Path, reporter=None, resume_from: Path | N
     trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation or None,
                       data_collator=DataCollator(tokenizer.pad_token_id), callbacks=callbacks)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    # Under FSDP each rank holds a shard of every weight: all ranks gather the full weights once, rank 0 writes.
+    full_state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if not trainer.is_world_process_zero():
         return None
     if progress.cancelled:
         return None
     card = make_card(cfg, base_name, data, trainer, trainable, total, time.time() - started)
-    return save_adapter(model, cfg.name, data_dir / "adapters", base_name, card, data_dir / "trash")
+    return save_adapter(model, cfg.name, data_dir / "adapters", base_name, card, data_dir / "trash", full_state)
 
 
 def _tokens_per_step(train: list, args: TrainingArguments) -> float:
@@ -213,7 +217,8 @@ def peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
 
 
-def save_adapter(model, name: str, adapters_dir: Path, base_name: str, card: dict, trash_dir: Path) -> Path:
+def save_adapter(model, name: str, adapters_dir: Path, base_name: str, card: dict, trash_dir: Path,
+                 state_dict: dict | None = None) -> Path:
     """Write into a dot folder (the registry ignores those), then rename: never a half adapter."""
     adapters_dir.mkdir(parents=True, exist_ok=True)
     for stale in adapters_dir.glob(f".saving-{name}-*"):  # left by a save that was killed
@@ -221,7 +226,7 @@ def save_adapter(model, name: str, adapters_dir: Path, base_name: str, card: dic
     tmp = Path(tempfile.mkdtemp(prefix=f".saving-{name}-", dir=adapters_dir))
     final = adapters_dir / name
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         config_path = tmp / "adapter_config.json"
         config = json.loads(config_path.read_text())
         config["base_model_name_or_path"] = base_name  # the Hub id, not this machine's cache path
