@@ -113,7 +113,7 @@ class Answers:
         choices = []
         for i, ids in enumerate(prompts):
             scored = await self.score(request, variant, ids, ask.logprobs or 0)
-            block = logprobs_block(self.engine.tokenizer, ids, [None] + scored, 0) if ask.logprobs is not None else None
+            block = logprobs_block(self.engine.tokenizer, ids, [None] + scored) if ask.logprobs is not None else None
             for j in range(ask.n):
                 choices.append(p.completion_choice(i * ask.n + j, self.prompt_text(ask.prompts[i]), "length", block))
         prompt_tokens = sum(len(ids) for ids in prompts)
@@ -125,9 +125,8 @@ class Answers:
             self.engine.tokenizer(event.text, add_special_tokens=False)["input_ids"]
         scored = [None] + await self.score(request, variant, prompt + answer, ask.logprobs)
         if ask.echo:
-            return logprobs_block(self.engine.tokenizer, prompt + answer, scored, 0)
-        offset = len(self.prompt_text(prompt))
-        return logprobs_block(self.engine.tokenizer, answer, scored[len(prompt):], offset, skip=offset)
+            return logprobs_block(self.engine.tokenizer, prompt + answer, scored)
+        return logprobs_block(self.engine.tokenizer, answer, scored[len(prompt):], offset=len(self.prompt_text(prompt)))
 
     async def score(self, request, variant: str, ids: list[int], top: int) -> list:
         cancel = threading.Event()
@@ -138,14 +137,14 @@ class Answers:
             raise engine_error(exc) from None
 
 
-def logprobs_block(tokenizer, ids: list[int], scored: list, start: int, skip: int = 0) -> dict:
+def logprobs_block(tokenizer, ids: list[int], scored: list, offset: int = 0) -> dict:
     """OpenAI's logprobs object: each token's text, log-probability (None for the very first), top alternatives,
-    and where its text starts (`skip` is the length of the text in front that is not shown)."""
+    and where its text starts (`offset`: the length of the text in front of the first token)."""
     tokens = [tokenizer.decode([t]) for t in ids]
-    offsets, at = [], skip if skip else start
+    offsets = []
     for token in tokens:
-        offsets.append(at)
-        at += len(token)
+        offsets.append(offset)
+        offset += len(token)
     return {
         "tokens": tokens,
         "token_logprobs": [s.logprob if s is not None else None for s in scored],
@@ -163,7 +162,7 @@ def engine_error(exc: BaseException) -> ApiError:
         return ApiError(500, f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
     message = str(exc)
     if "tokens" in message and ("context" in message or "answers up to" in message):
-        return ApiError(400, message, "messages", code="context_length_exceeded")
+        return ApiError(400, message, "prompt" if "prompt" in message else "messages", code="context_length_exceeded")
     if "unloaded" in message or "unknown variant" in message or "cannot answer" in message:
         return ApiError(404, message, "model", code="model_not_found")
     if "out of memory" in message:

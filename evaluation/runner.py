@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from models import ArenaError, ChatRequest, Engine
+from kernel.errors import NotSupported
 from kernel.jsonl import JsonlAppender
 
 from .case import Case
@@ -137,7 +138,11 @@ def answers_for(engine, case, turn, conversations, system, params, store, weight
 def check_one(engine, variant, case, check, conversation, turn, answer, system, judge, run) -> CheckResult:
     scored_by = check_type(check).scored_by
     if scored_by == LIKELIHOOD:
-        scored = engine.loglikelihood(variant, case.messages, check["choices"], system=system)
+        try:
+            scored = engine.loglikelihood(variant, case.messages, check["choices"], system=system)
+        except NotSupported as exc:  # e.g. a remote server without echo + logprobs: undecided, not wrong
+            run.unsupported[str(exc)] = run.unsupported.get(str(exc), 0) + 1
+            return CheckResult(check["type"], None, None, str(exc))
         return score_choice([c.logprob for c in scored], check["choices"], check["answer"])
     if scored_by == JUDGE:
         if judge is None:

@@ -133,6 +133,10 @@ def test_text_completions_generate_from_a_raw_prompt(tiny_api, tiny_engine):
     streamed = client.completions.create(model="a1", prompt="Once upon a time", temperature=0, max_tokens=6,
                                          stream=True, echo=True)
     assert "".join(c.choices[0].text for c in streamed if c.choices) == "Once upon a time" + reply.choices[0].text
+    scored = client.completions.create(model="a1", prompt=ids, temperature=0, max_tokens=6, logprobs=2)
+    logprobs = scored.choices[0].logprobs
+    assert scored.choices[0].text == reply.choices[0].text and "".join(logprobs.tokens) == reply.choices[0].text
+    assert all(lp <= 0 for lp in logprobs.token_logprobs) and all(len(top) == 2 for top in logprobs.top_logprobs)
 
 
 @pytest.mark.parametrize("fields, param, words", [
