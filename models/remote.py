@@ -92,7 +92,8 @@ class RemoteBackend:
         return next(iter(bases.values()))
 
     def remote_adapters(self) -> list[AdapterInfo]:
-        """Each adapter some server lists, as loaded (it answers there)."""
+        """Each adapter some server lists now, as loaded (it answers there)."""
+        self.refresh()
         found: dict[str, AdapterInfo] = {}
         for server in self.servers:
             for model in server.models:
@@ -215,6 +216,15 @@ class RemoteBackend:
         async def every() -> list[float]:
             return list(await asyncio.gather(*(one(row) for row in rows)))
         return self.run(every(), cancel)
+
+    def token_logprobs(self, adapter: str, ids: list[int], top: int = 0,
+                       cancel: threading.Event | None = None) -> list[tuple[float, list[tuple[int, float]]]]:
+        """Each of ids[1:] after the tokens before it, from the server's echo (no alternatives: a sum is what
+        scoring needs, and servers differ in how they name theirs)."""
+        server = self._least_busy(adapter if adapter != BASE_ROW else None)
+        model = adapter if adapter != BASE_ROW else next(m.id for m in server.models if not m.parent)
+        values = self.run(server.token_logprobs(model, ids), cancel)
+        return [(float(value), []) for value in values[1:]]
 
     def _least_busy(self, adapter: str | None) -> RemoteServer:
         serving = [s for s in self.servers if adapter is None or any(m.id == adapter for m in s.models)]

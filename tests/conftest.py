@@ -160,11 +160,12 @@ def arena_process(tmp_path_factory):
 
 @pytest.fixture
 def chat_server():
-    """start(respond) -> a running OpenAI-compatible server (tests/chat_server.py); all closed after the test."""
+    """start(respond, models=None, completions=None) -> a running OpenAI-compatible server (tests/chat_server.py);
+    all closed after the test."""
     started = []
 
-    def start(respond) -> ChatServer:
-        server = ChatServer(respond)
+    def start(respond, **options) -> ChatServer:
+        server = ChatServer(respond, **options)
         started.append(server)
         return server
 
