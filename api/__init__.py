@@ -4,6 +4,7 @@
 `routes` is the ASGI app (auth, busy server, streaming, adapter management); `serve` mounts it on
 the Gradio server or runs it headless. Nothing here imports gradio or the app.
 """
+from .protocol import Limits
 from .routes import ApiSettings, build_api
 
-__all__ = ["ApiSettings", "build_api"]
+__all__ = ["ApiSettings", "Limits", "build_api"]

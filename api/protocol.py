@@ -112,13 +112,21 @@ def model_name(body: Body) -> str:
     return model.strip()
 
 
-def parse_chat(raw: bytes, context_limit: int) -> Ask:
+@dataclass
+class Limits:
+    """The most one request may ask for (a public server's caps are lower)."""
+
+    max_tokens: int = 32768
+    n: int = MAX_N
+
+
+def parse_chat(raw: bytes, context_limit: int, limits: Limits = Limits()) -> Ask:
     body = Body(raw)
     model = model_name(body)
     messages = chat_messages(body.get("messages"))
-    limit = body.integer("max_completion_tokens", 1, 32768, None)
-    limit = body.integer("max_tokens", 1, 32768, limit)
-    params = sampling(body, limit or min(context_limit, 32768))
+    limit = body.integer("max_completion_tokens", 1, limits.max_tokens, None)
+    limit = body.integer("max_tokens", 1, limits.max_tokens, limit)
+    params = sampling(body, limit or min(context_limit, limits.max_tokens))
     body.refuse("logprobs", "log-probabilities of generated tokens; score text with /v1/completions, echo and logprobs")
     body.refuse("top_logprobs", "see logprobs")
     body.refuse("tools", "tool calls", neutral=(None, []))
@@ -127,33 +135,34 @@ def parse_chat(raw: bytes, context_limit: int) -> Ask:
     body.refuse("function_call", "function calls", neutral=(None, "none", "auto"))
     body.refuse("response_format", "constrained output formats", neutral=(None, {"type": "text"}))
     body.refuse("modalities", "audio output", neutral=(None, ["text"]))
-    ask = Ask(model, params, messages=messages, **streaming(body))
+    ask = Ask(model, params, messages=messages, **streaming(body, limits.n))
     body.finish()
     return ask
 
 
-def parse_completion(raw: bytes) -> Ask:
+def parse_completion(raw: bytes, limits: Limits = Limits()) -> Ask:
     body = Body(raw)
     model = model_name(body)
     prompts = completion_prompts(body.get("prompt"))
     echo = body.flag("echo")
     logprobs = body.integer("logprobs", 0, 20, None)
-    max_tokens = body.integer("max_tokens", 0, 32768, 16)  # OpenAI's default for completions
+    max_tokens = body.integer("max_tokens", 0, limits.max_tokens, min(16, limits.max_tokens))  # OpenAI's default: 16
     if max_tokens == 0 and not echo:
         raise ApiError(400, "max_tokens 0 generates nothing: it needs echo true (to score the prompt)", "max_tokens")
     params = sampling(body, max(max_tokens, 1))
     body.refuse("suffix", "text after the insertion point")
     body.refuse("best_of", "server-side best-of ranking", neutral=(None, 1))
     body.refuse("logit_bias", "logit biases", neutral=(None, {}))
-    ask = Ask(model, params if max_tokens else None, prompts=prompts, echo=echo, logprobs=logprobs, **streaming(body))
+    ask = Ask(model, params if max_tokens else None, prompts=prompts, echo=echo, logprobs=logprobs,
+              **streaming(body, limits.n))
     if ask.stream and logprobs is not None:
         raise ApiError(400, "logprobs with stream is not supported: ask without stream", "logprobs")
     body.finish()
     return ask
 
 
-def streaming(body: Body) -> dict:
-    n = body.integer("n", 1, MAX_N, 1)
+def streaming(body: Body, max_n: int) -> dict:
+    n = body.integer("n", 1, max_n, 1)
     stream = body.flag("stream")
     options = body.get("stream_options", {})
     if not isinstance(options, dict):

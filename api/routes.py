@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -34,6 +34,7 @@ class ApiSettings:
     public: bool = False  # generation only: no adapter loading or unloading
     max_pending: int = 32  # API calls running or waiting before a new one gets 429
     wait_s: float = 120.0  # how long a call may wait for the model before it gets 503
+    limits: p.Limits = field(default_factory=p.Limits)  # the most one request may ask for
 
 
 class Api:
@@ -81,11 +82,11 @@ class Api:
     # ----- generation ---------------------------------------------------------------------------
 
     async def chat(self, request: Request):
-        ask = p.parse_chat(await request.body(), self.engine.context_limit)
+        ask = p.parse_chat(await request.body(), self.engine.context_limit, self.settings.limits)
         return await self.generate(request, ask, self.answers.chat)
 
     async def completions(self, request: Request):
-        ask = p.parse_completion(await request.body())
+        ask = p.parse_completion(await request.body(), self.settings.limits)
         return await self.generate(request, ask, self.answers.completion)
 
     async def generate(self, request: Request, ask: p.Ask, answer):

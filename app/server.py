@@ -17,7 +17,7 @@ from models import ArenaError, Engine, EngineConfig
 from kernel.cli import add_engine_args, engine_config_from_args
 from chat.search import WebSearch, provider_from_settings
 from training.jobs import JobRunner
-from api import ApiSettings, build_api
+from api import ApiSettings, Limits, build_api
 
 from .access import Access, Need, guard_handlers, needs
 from .arena_tab import ArenaTab
@@ -112,8 +112,10 @@ def launch(ctx: AppContext, **kwargs) -> tuple[gr.Blocks, str]:
 def api_routes(engine: Engine, settings: AppSettings) -> list:
     from starlette.routing import Mount
 
+    # A public server's API asks no more of the model than its page lets one session ask.
+    limits = Limits(settings.public_max_new_tokens, settings.public_max_columns) if settings.public else Limits()
     api = ApiSettings(key=settings.api_key, public=settings.public, max_pending=settings.api_max_pending,
-                      wait_s=settings.api_wait_s)
+                      wait_s=settings.api_wait_s, limits=limits)
     return [Mount("/v1", app=build_api(engine, api))]
 
 

@@ -195,6 +195,10 @@ def test_the_key_is_required_on_every_route_and_public_servers_refuse_adapter_ch
     assert client.chat.completions.create(model="a1", messages=HELLO, **GREEDY).choices[0].message.content
     with pytest.raises(openai.PermissionDeniedError, match="turned off on this public server"):
         client.post("/load_lora_adapter", body={"lora_name": "a3", "lora_path": "/tmp/a3"}, cast_to=dict)
+    for too_much, words in [({"max_tokens": 513}, "max_tokens must be a whole number from 1 to 512"),
+                            ({"n": 4}, "n must be a whole number from 1 to 3")]:  # the page's public caps
+        with pytest.raises(openai.BadRequestError, match=words):
+            client.chat.completions.create(model="a1", messages=HELLO, **too_much)
 
 
 def test_adapters_loaded_and_unloaded_through_the_api_come_and_go_in_the_list(launch_app, tmp_path, tiny_model_path,
