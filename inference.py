@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import sys
 import textwrap
 
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from kernel.cli import (Parser, add_engine_args, add_sampling_args, engine_config_from_args, log_to_stderr,
+                        quiet_libraries, run_command, sampling_from_args)
+from kernel.files import JsonlAppender, load_done, read_jsonl
 
+quiet_libraries()
 from models import ArenaError, Engine  # noqa: E402
-from kernel.cli import add_engine_args, add_sampling_args, engine_config_from_args, sampling_from_args  # noqa: E402
-from kernel.jsonl import JsonlAppender, load_done, read_jsonl  # noqa: E402
+from models.prompts import max_token_chars, normalize_messages, text_chars  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="inference.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prompt", nargs="?", help="one user message")
     parser.add_argument("--variants", default="base", help="comma-separated: base and/or adapter names")
     parser.add_argument("--system", default=None, help="system prompt")
@@ -44,11 +45,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def list_variants(engine: Engine) -> None:
     info = engine.info()
     print(f"base  {info['name']}  ({info['parameters'] / 1e6:.1f}M parameters, {info['dtype']}, {info['device']})")
+    print(f"      served by the {info['backend']}" + (f"; KV cache {info['kv_cache']}" if info.get("kv_cache") else ""))
     for note in info["notes"]:
         print(f"      note: {note}")
     for adapter in engine.adapters():
         detail = adapter.reason if adapter.status == "failed" else f"r={adapter.rank} alpha={adapter.alpha}"
-        print(f"{adapter.status:<9} {adapter.name}  {detail}")
+        served = f"  [{adapter.served_by}]" if adapter.served_by else ""
+        print(f"{adapter.status:<9} {adapter.name}  {detail}{served}")
     if not engine.adapters():
         print(f"(no adapters in {', '.join(str(d) for d in engine.adapter_dirs)})")
 
@@ -89,26 +92,45 @@ def answer_prompt(engine: Engine, args, variants, params) -> None:
         print(side_by_side(engine.compare(variants, args.prompt, system=args.system, params=params)))
 
 
-def parse_prompt_line(path, number: int, obj: dict):
+def parse_prompt_line(path, number: int, obj: dict, default_system: str | None, max_chars: int):
+    """(messages, system) of one input line, checked as the engine will check them, naming the line."""
     if isinstance(obj.get("messages"), list):
-        return obj["messages"]
-    if isinstance(obj.get("prompt"), str) and obj["prompt"].strip():
-        return obj["prompt"]
-    raise ArenaError(f"{path} line {number}: needs a non-empty 'prompt' string or a 'messages' list")
+        messages = obj["messages"]
+    elif isinstance(obj.get("prompt"), str) and obj["prompt"].strip():
+        messages = obj["prompt"]
+    else:
+        raise ArenaError(f"{path} line {number}: needs a non-empty 'prompt' string or a 'messages' list")
+    system = obj.get("system", default_system)
+    try:
+        check_prompt(normalize_messages(messages, system), max_chars)
+    except ArenaError as exc:
+        raise ArenaError(f"{path} line {number}: {exc}") from None
+    return messages, system
+
+
+def check_prompt(messages: list[dict], max_chars: int) -> None:
+    """A prompt no context can hold is refused by its length in characters, before it is tokenised."""
+    chars = text_chars(messages)
+    if chars > max_chars:
+        raise ArenaError(f"the prompt is {chars:,} characters, more than this model's context can hold")
+
+
+def prompt_limit(engine: Engine) -> int:
+    return engine.context_limit * max_token_chars(engine.tokenizer)
 
 
 def run_file(engine: Engine, args, variants, params) -> None:
     from tqdm import tqdm
 
-    rows = [(n, obj, parse_prompt_line(args.input, n, obj)) for n, obj in read_jsonl(args.input)]
+    limit = prompt_limit(engine)
+    rows = [(n, obj, *parse_prompt_line(args.input, n, obj, args.system, limit)) for n, obj in read_jsonl(args.input)]
     done = {r.get("line") for r in load_done(args.output) if set(variants) <= set(r.get("answers", {}))}
     todo = [row for row in rows if row[0] not in done]
     if done:
         print(f"resuming: {len(rows) - len(todo)} of {len(rows)} prompts already answered in {args.output}",
               file=sys.stderr)
     with JsonlAppender(args.output) as out:
-        for number, obj, messages in tqdm(todo, desc="prompts", unit="prompt", file=sys.stderr):
-            system = obj.get("system", args.system)
+        for number, obj, messages, system in tqdm(todo, desc="prompts", unit="prompt", file=sys.stderr):
             answers = engine.compare(variants, messages, system=system, params=params)
             out.write({
                 "line": number, "id": obj.get("id", number), "prompt": obj.get("prompt"),
@@ -117,31 +139,34 @@ def run_file(engine: Engine, args, variants, params) -> None:
             })
 
 
+def run(args) -> None:
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants:
+        raise ArenaError("--variants names no variant: give base and/or adapter names")
+    params = sampling_from_args(args)
+    if args.input and not os.path.isfile(args.input):
+        raise ArenaError(f"{args.input}: no such file")
+    if args.output and os.path.isdir(args.output):
+        raise ArenaError(f"--output {args.output} is a folder: give a file name")
+    if args.prompt:
+        normalize_messages(args.prompt, args.system)  # bad text fails now, not after loading the model
+    engine = Engine.load(engine_config_from_args(args))
+    if args.list:
+        list_variants(engine)
+        return
+    for variant in variants:
+        engine.check_variant(variant)  # fail before any work, naming the variant
+    if args.input:
+        run_file(engine, args, variants, params)
+    else:
+        check_prompt(normalize_messages(args.prompt, args.system), prompt_limit(engine))
+        answer_prompt(engine, args, variants, params)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-        params = sampling_from_args(args)
-        if args.input and not os.path.isfile(args.input):
-            raise ArenaError(f"{args.input}: no such file")
-        engine = Engine.load(engine_config_from_args(args))
-        if args.list:
-            list_variants(engine)
-            return 0
-        for variant in variants:
-            engine.check_variant(variant)  # fail before any work, naming the variant
-        if args.input:
-            run_file(engine, args, variants, params)
-        else:
-            answer_prompt(engine, args, variants, params)
-    except ArenaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0
+    log_to_stderr()
+    return run_command(lambda: run(args), interrupted="interrupted: run the same command again to resume")
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ class ArenaTab:
         update = {
             self.message: "", self.pair: pair, self.histories: [c.history for c in columns],
             self.chat_a: shown_messages(columns[0].history), self.chat_b: shown_messages(columns[1].history),
-            self.stats_a: stats_line(columns[0].stats), self.stats_b: stats_line(columns[1].stats),
+            self.stats_a: stats_line(columns[0]), self.stats_b: stats_line(columns[1]),
             self.sources: sources_md,
         }
         for button in self.vote_buttons.values():

@@ -172,7 +172,7 @@ class CompareTab:
         for i, column in enumerate(columns):
             histories[i] = column.history  # kept on the server with what each turn sent the model
             update[self.columns[i].chatbot] = shown_messages(column.history)
-            update[self.columns[i].stats] = stats_line(column.stats)
+            update[self.columns[i].stats] = stats_line(column)
         update[self.state] = histories
         return update
 

@@ -25,7 +25,7 @@ GENERATION = "generating data"
 class EvaluateTab:
     def __init__(self, ctx: AppContext):
         self.ctx = ctx
-        self.uploads = ctx.engine.config.data_dir / "uploads"
+        self.uploads = ctx.engine.config.paths.uploads
 
     def build(self) -> gr.Tab:
         variants = self.ctx.engine.variants()
@@ -160,6 +160,6 @@ class EvaluateTab:
         teacher_obj = self._judge(teacher)
         source = keep_upload(file, self.uploads)
         name = Path(output_name or "generated.json").name
-        output = self.ctx.engine.config.data_dir / "datasets" / (name if name.endswith(".json") else name + ".json")
+        output = self.ctx.engine.config.paths.dataset(name)
         report = generate_data(str(source), field_name or "text", template, teacher_obj, str(output), progress=False)
         return f"{report.summary()}\n\nWritten to `{output}`: pick it in the Training tab."

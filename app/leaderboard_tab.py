@@ -1,7 +1,6 @@
 """Leaderboard tab: Bradley-Terry scores with bootstrap intervals, head-to-head picture, vote exports."""
 from __future__ import annotations
 
-import time
 
 import gradio as gr
 
@@ -53,7 +52,7 @@ class LeaderboardTab:
         @user_errors
         def export():
             votes = self.ctx.votes.all()
-            path = self.ctx.engine.config.data_dir / "exports" / f"votes-{time.strftime('%Y%m%d-%H%M%S')}.{suffix}"
+            path = self.ctx.engine.config.paths.votes_export(suffix)
             path.parent.mkdir(parents=True, exist_ok=True)
             result = writer(votes, path)
             gr.Info(f"{result.written} pairs written, {result.skipped} votes skipped (ties, both bad, identical answers).")

@@ -13,8 +13,8 @@ from .access import Need, needs
 from .settings import AppContext
 from .widgets import user_errors
 
-COLUMNS = ["name", "status", "reason", "rank", "alpha", "target_modules", "trainable_parameters", "base",
-           "created", "dataset"]
+COLUMNS = ["name", "status", "reason", "served_by", "rank", "alpha", "target_modules", "trainable_parameters",
+           "base", "created", "dataset"]
 
 
 class ModelsTab:
@@ -115,9 +115,11 @@ class ModelsTab:
     def _base_markdown(self) -> str:
         info = self.ctx.engine.info()
         notes = "".join(f"\n\n> {note}" for note in info["notes"])
+        kv_cache = f" · KV cache: {info['kv_cache']}" if info.get("kv_cache") else ""
         return (
             f"### Base model: {info['name']}\n"
             f"| parameters | dtype | device | quantization | memory | load time |\n|---|---|---|---|---|---|\n"
             f"| {info['parameters'] / 1e6:.1f}M | {info['dtype']} | {info['device']} | {info['quantization']} "
-            f"| {info['memory_mb']:.0f} MB | {info['load_seconds']:.1f} s |{notes}"
+            f"| {info['memory_mb']:.0f} MB | {info['load_seconds']:.1f} s |\n\n"
+            f"Served by the {info['backend']}{kv_cache} · waiting now: {info['waiting']}{notes}"
         )

@@ -10,11 +10,12 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from evaluation.endpoints import parse_judge_endpoints
+from evaluation.store import AnswerStore
 from evaluation.tasks import EvalTasks
 from arena.ballots import VoteRule
 from arena.votes import VoteStore
-from models import ArenaError, Engine, EngineConfig
-from kernel.cli import add_engine_args, engine_config_from_args
+from models import Engine
+from kernel.cli import Parser, add_engine_args, engine_config_from_args, log_to_stderr, run_command
 from chat.search import WebSearch, provider_from_settings
 from training.jobs import JobRunner
 from api import ApiSettings, Limits, build_api
@@ -29,6 +30,7 @@ from .models_tab import ModelsTab
 from .settings import AppContext, AppSettings, SessionRequests
 from .training_tab import TrainingTab
 from .widgets import session_of
+from .zerogpu import on_zerogpu
 
 log = logging.getLogger(__name__)
 CSS = """
@@ -38,12 +40,14 @@ footer { display: none !important; }
 
 
 def make_context(engine: Engine, settings: AppSettings) -> AppContext:
+    """Every store is opened here, at start: a corrupt or newer file is refused now, in one line."""
+    votes = VoteStore(engine.config.paths.votes_db)
+    AnswerStore(engine.config.paths.eval_db)  # evaluation runs open it again when they start
     provider = provider_from_settings(settings.search_provider, settings.searxng_url)
     search = WebSearch(provider, timeout_s=settings.search_timeout_s) if provider is not None else None
     jobs = None if settings.public else JobRunner(engine.config.data_dir, on_finished=_serve_new_adapter(engine))
     if jobs is not None:
         jobs.start()  # re-attaches to jobs still running from before a restart
-    votes = VoteStore(engine.config.data_dir / "votes.sqlite")
     return AppContext(engine=engine, settings=settings, votes=votes, search=search, jobs=jobs,
                       evals=EvalTasks(engine, engine.config.data_dir),
                       ballots=VoteRule(votes, per_minute=settings.votes_per_minute),
@@ -52,7 +56,8 @@ def make_context(engine: Engine, settings: AppSettings) -> AppContext:
 
 
 def _serve_new_adapter(engine: Engine):
-    """When a job succeeds, its adapter answers in Compare and Arena at once, no restart."""
+    """When a job succeeds, its adapter answers in Compare and Arena at once, no restart. Called on the job
+    runner's hook thread, not its scheduler: loading the adapter waits for the device."""
     def on_finished(job) -> None:
         if job.status != "succeeded":
             return
@@ -147,7 +152,7 @@ def is_loopback(host: str) -> bool:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="LoRA Arena web app")
+    parser = Parser(prog="arena.py", description="LoRA Arena web app")
     parser.add_argument("--host", default=None, help="default 127.0.0.1 (0.0.0.0 on Spaces)")
     parser.add_argument("--port", type=int, default=None, help="default 7860")
     parser.add_argument("--auth", default=None,
@@ -172,26 +177,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own health checks, one line each
-    args = parse_args(argv)
-    try:
-        endpoints = parse_judge_endpoints(args.judge_endpoint) if args.judge_endpoint else None
-        settings = AppSettings.from_env(host=args.host, port=args.port, public=args.public,
-                                        auth=AppSettings.parse_auth(args.auth), judge_endpoints=endpoints,
-                                        api_key=args.api_key, ui=args.ui, api_max_pending=args.api_max_pending,
-                                        api_wait_s=args.api_wait_s)
-        config: EngineConfig = engine_config_from_args(args)
-        engine = Engine.load(config)
-    except ArenaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    log.info("serving %s with %d adapters on http://%s:%d (API at /v1)", engine.info()["name"],
-             len(engine.variants()) - 1, settings.host, settings.port)
+def serve(args: argparse.Namespace) -> None:
+    endpoints = parse_judge_endpoints(args.judge_endpoint) if args.judge_endpoint else None
+    settings = AppSettings.from_env(host=args.host, port=args.port, public=args.public,
+                                    auth=AppSettings.parse_auth(args.auth), judge_endpoints=endpoints,
+                                    api_key=args.api_key, ui=args.ui, api_max_pending=args.api_max_pending,
+                                    api_wait_s=args.api_wait_s)
+    if args.backend is None and on_zerogpu():
+        args.backend = "hf"
+        log.info("ZeroGPU: serving with the reference backend (a GPU is lent per call)")
+    engine = Engine.load(engine_config_from_args(args))
+    log.info("serving %s with %d adapters (%s backend) on http://%s:%d (API at /v1)", engine.base_name,
+             len(engine.variants()) - 1, engine.backend.name, settings.host, settings.port)
     warn_if_open(settings)
-    if settings.ui:
-        launch(make_context(engine, settings))
-    else:
+    if not settings.ui:
         serve_api_only(engine, settings)
-    return 0
+        return
+    ctx = make_context(engine, settings)  # a store it cannot open stops it here, before "serving"
+    launch(ctx)
+
+
+def main(argv=None) -> int:
+    log_to_stderr(logging.INFO)
+    args = parse_args(argv)
+    return run_command(lambda: serve(args), interrupted="stopped")

@@ -125,8 +125,8 @@ class AppContext:
     @property
     def owned_folders(self) -> list[Path]:
         """Where a path typed in the UI may point (kernel.paths.owned_file): bundled files and DATA's inputs."""
-        data = self.engine.config.data_dir
-        return [*BUNDLED, data / "datasets", data / "uploads"]
+        paths = self.engine.config.paths
+        return [*BUNDLED, paths.datasets, paths.uploads]
 
     def check_request_size(self, columns: int, params: list[SamplingParams]) -> None:
         """On a public server, refuse in one line a request for more columns or new tokens than allowed."""

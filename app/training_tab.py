@@ -14,7 +14,8 @@ from kernel.errors import ArenaError
 from kernel.paths import owned_file
 from models.adapters import validate_name
 from training.check import check_dataset
-from training.jobs import FINAL, shell_command
+from training.job_store import FINAL
+from training.jobs import shell_command
 from training.resources import check_device_memory
 
 from .access import Need, needs
@@ -33,7 +34,7 @@ class TrainingTab:
         self.ctx = ctx
         self.tabs = tabs  # to switch to Compare
         self.compare = compare  # its column dropdowns get base + the new adapter
-        self.datasets_dir = ctx.engine.config.data_dir / "datasets"
+        self.datasets_dir = ctx.engine.config.paths.datasets
         self._ended_progress: dict[str, str] = {}  # job id -> its last progress cell, for ended jobs
 
     def build(self) -> gr.Tab:
@@ -110,14 +111,14 @@ class TrainingTab:
         cfg = self.form.config(data, str(dataset), base=self.ctx.engine.config.base)
         if cfg.init_adapter:  # an adapter from an extra --adapters-dir: the job needs its folder, not its name
             info = next((a for a in self.ctx.engine.adapters() if a.name == cfg.init_adapter), None)
-            if info is not None and info.path.parent != self.ctx.engine.config.adapters_dir:
+            if info is not None and info.path.parent != self.ctx.engine.config.paths.adapters:
                 cfg.init_adapter = str(info.path)
         return cfg
 
     @needs(Need.OPERATOR, TRAINING)
     @user_errors
     def _check(self, data: dict):
-        result = check_dataset(self._config(data), self.ctx.engine.config.data_dir, tokenizer=self.ctx.engine.base.tokenizer)
+        result = check_dataset(self._config(data), self.ctx.engine.config.data_dir, tokenizer=self.ctx.engine.tokenizer)
         return result.markdown, result.preview_html
 
     @needs(Need.OPERATOR, TRAINING)
@@ -125,7 +126,7 @@ class TrainingTab:
     def _start(self, data: dict):
         cfg = self._config(data)
         validate_name(cfg.name)
-        result = check_dataset(cfg, self.ctx.engine.config.data_dir, tokenizer=self.ctx.engine.base.tokenizer)
+        result = check_dataset(cfg, self.ctx.engine.config.data_dir, tokenizer=self.ctx.engine.tokenizer)
         check_device_memory(cfg, self.ctx.engine)
         job = self.ctx.jobs.submit(cfg)
         note = f"Job **{job.id}** queued for adapter **{cfg.name}**.\n\n{result.markdown}"

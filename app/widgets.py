@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from kernel.config import SamplingParams
-from kernel.errors import ArenaError
+from kernel.errors import ArenaError, write_error
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +107,15 @@ class Throttle:
 def keep_upload(file, folder: Path) -> Path:
     """Copy a browser upload into a data folder: a temp name, then a rename, so no half file is ever listed."""
     source = Path(file if isinstance(file, str) else file.name)
-    folder.mkdir(parents=True, exist_ok=True)
     target = folder / source.name
     tmp = target.with_name(f".{target.name}.{time.time_ns()}")
-    shutil.copyfile(source, tmp)
-    tmp.replace(target)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, tmp)
+        tmp.replace(target)
+    except OSError as exc:  # a full disk: no half copy may stay behind to be listed or fill it further
+        tmp.unlink(missing_ok=True)
+        raise write_error(exc, target) from None
     return target
 
 

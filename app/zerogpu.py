@@ -7,6 +7,12 @@ except ImportError:
     spaces = None
 
 
+def on_zerogpu() -> bool:
+    """A GPU lent per call: no thread may keep the model busy between calls, so the app serves with the
+    reference backend there (the batched loop's own thread and captured graphs would run outside a call)."""
+    return spaces is not None
+
+
 def on_gpu(fn=None, *, duration: int = 120):
     """Mark a handler that runs the model, so ZeroGPU attaches a GPU for its duration."""
     def wrap(inner):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kernel.errors import ArenaError
-from kernel.jsonl import atomic_write_text, read_jsonl
+from kernel.files import atomic_write_text, parse_json_array, parse_jsonl, read_text
 
 from .votes import Vote
 
@@ -102,27 +102,12 @@ def read_preference_pairs(path: str | Path) -> list[PreferencePair]:
     Errors name the file and the line (JSONL) or record number (JSON array, counted from 1).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ArenaError(f"{path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ArenaError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    text = read_text(path)
     if text.lstrip().startswith("["):
-        located = [(f"{path} record {n}", record) for n, record in enumerate(load_json_array(path, text), 1)]
+        located = [(f"{path} record {n}", record) for n, record in enumerate(parse_json_array(path, text), 1)]
     else:
-        located = [(f"{path} line {n}", record) for n, record in read_jsonl(path)]
+        located = [(f"{path} line {n}", record) for n, record in parse_jsonl(path, text)]
     return [pair_from_record(record, where) for where, record in located]
-
-
-def load_json_array(path: Path, text: str) -> list:
-    try:
-        records = json.loads(text)
-    except ValueError as exc:
-        raise ArenaError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(records, list):
-        raise ArenaError(f"{path}: expected a JSON array of preference pairs")
-    return records
 
 
 def pair_from_record(record, where: str) -> PreferencePair:

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
+from typing import ContextManager
 
 from kernel import sqlite_store
+from kernel.clock import utc_now_iso
+from kernel.data_dir import DataDir
 from kernel.errors import ArenaError
 
-VOTES_FILENAME = "votes.sqlite"
 SCHEMA_VERSION = 1
 WINNERS = ("a", "b", "tie", "both_bad")
 MODES = ("arena", "compare")
@@ -98,10 +98,6 @@ def check_conversation(messages, label: str) -> None:
         raise ArenaError(f"vote: {label} has no user message")
 
 
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
 class VoteStore:
     """Votes in a SQLite file; safe to share between threads (one connection per operation)."""
 
@@ -116,7 +112,7 @@ class VoteStore:
     @classmethod
     def in_data_dir(cls, data_dir: str | Path) -> "VoteStore":
         """The app's store: DATA/votes.sqlite."""
-        return cls(Path(data_dir) / VOTES_FILENAME)
+        return cls(DataDir(data_dir).votes_db)
 
     def add(self, vote: Vote) -> int:
         """Store a vote; fills in `vote.created` (if unset) and `vote.id`, and returns the id."""
@@ -142,7 +138,7 @@ class VoteStore:
         with self._connect() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0])
 
-    def _connect(self) -> closing[sqlite3.Connection]:
+    def _connect(self) -> ContextManager[sqlite3.Connection]:
         return sqlite_store.connect(self.path, "vote store")
 
     def _migrate(self) -> None:

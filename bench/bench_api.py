@@ -17,13 +17,14 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
-from kernel.config import EngineConfig, resolve_data_dir  # noqa: E402
+from kernel.config import EngineConfig  # noqa: E402
+from kernel.data_dir import resolve_data_dir  # noqa: E402
+from bench.bench_engine import percentile, run_together  # noqa: E402
 
 PROMPT = "Write a long story about a dragon."  # invites long answers, so runs reach max_new_tokens
 STREAM_PROMPTS = ["Write a long story about a dragon.", "Describe a day at the beach.", "Explain how rain forms.",
@@ -50,11 +51,9 @@ def page_first_token(url: str, max_tokens: int) -> float:
     """Seconds from submitting Compare (two columns, both the base) to the first text in a column."""
     from gradio_client import Client
 
-    from tests.app_client import call_args
-
     page = Client(url, verbose=False)
-    args = call_args(page, "/compare_send", Message=PROMPT, **{"Column 1": "base", "Column 2": "base",
-                                                                "Max new tokens": max_tokens})
+    args = form_args(page, "/compare_send", {"Message": PROMPT, "Column 1": "base", "Column 2": "base",
+                                             "Max new tokens": max_tokens})
     start = time.perf_counter()
     job = page.submit(*args, api_name="/compare_send")
     first = None
@@ -67,6 +66,12 @@ def page_first_token(url: str, max_tokens: int) -> float:
         time.sleep(0.005)
     job.result(timeout=600)
     return first if first is not None else time.perf_counter() - start
+
+
+def form_args(page, api_name: str, by_label: dict) -> list:
+    """An endpoint's arguments in order: the page's defaults, with the widgets named by label filled in."""
+    params = page.view_api(print_info=False, return_format="dict")["named_endpoints"][api_name]["parameters"]
+    return [by_label.get(p["label"], p.get("parameter_default")) for p in params]
 
 
 def concurrent_streams(client, streams: int, max_tokens: int) -> dict:
@@ -91,17 +96,11 @@ def concurrent_streams(client, streams: int, max_tokens: int) -> dict:
             return
         results[i] = (first or 0.0, tokens)
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - start
+    wall = run_together(one, streams)
     ttfts = sorted(r[0] for r in results if r[1])
     tokens = sum(r[1] for r in results)
     return {"streams": streams, "wall_seconds": wall, "tokens": tokens, "aggregate_tok_s": tokens / wall,
-            "ttft_p50": percentile(ttfts, 50), "ttft_p95": percentile(ttfts, 95), "ttfts": ttfts, "errors": errors}
+            "ttft_p50": percentile(ttfts, 0.5), "ttft_p95": percentile(ttfts, 0.95), "ttfts": ttfts, "errors": errors}
 
 
 def free_port() -> int:
@@ -110,14 +109,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p95 of 8 values is the largest)."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, -(-len(sorted_values) * p // 100))
-    return sorted_values[int(rank) - 1]
 
 
 def parse_args(argv=None) -> argparse.Namespace:

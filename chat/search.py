@@ -12,7 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Callable, Literal, Mapping, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from kernel.errors import ArenaError
 
@@ -99,38 +99,6 @@ class SearxngProvider:
         return found[:max_results]
 
 
-ResultSource = Mapping[str, list[SearchResult]] | Callable[[str, int], list[SearchResult]]
-
-
-class StaticProvider:
-    """Given results instead of the web, for tests and offline demos; can be told to fail or to be slow.
-
-    A mapping is looked up by the normalised query (unknown queries find nothing); a callable gets
-    (query, max_results). `calls` counts how often the provider was really reached.
-    """
-
-    def __init__(self, results: ResultSource | None = None, *, error: BaseException | None = None,
-                 delay_s: float = 0.0, name: str = "static"):
-        self.results = results if results is not None else {}
-        self.error = error
-        self.delay_s = delay_s
-        self.name = name
-        self.calls = 0
-        self._lock = threading.Lock()
-
-    def search(self, query: str, max_results: int) -> list[SearchResult]:
-        with self._lock:
-            self.calls += 1
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        if self.error is not None:
-            raise self.error
-        if callable(self.results):
-            return list(self.results(query, max_results))[:max_results]
-        by_query = {normalize_query(q): r for q, r in self.results.items()}
-        return list(by_query.get(normalize_query(query), []))[:max_results]
-
-
 def normalize_query(query: str) -> str:
     """The cache key: case and spacing do not make a different question."""
     return " ".join((query or "").split()).lower()
@@ -183,10 +151,6 @@ class WebSearch:
         if outcome.has_sources:
             self._remember(key, outcome)
         return outcome
-
-    def clear_cache(self) -> None:
-        with self._lock:
-            self._cache.clear()
 
     def _run_provider(self, query: str, started: float) -> SearchOutcome:
         # A daemon thread rather than a pool: a provider that hangs for good must not use up a pool's
@@ -272,32 +236,6 @@ def augment_question(question: str, outcome: SearchOutcome | None, today: dateti
     """The user's question with the sources in front, as the model gets it; the question alone without sources."""
     block = sources_prompt(outcome, today)
     return f"{block}\n\nQuestion: {question}" if block else question
-
-
-def augment_messages(messages: list[dict], outcome: SearchOutcome | None, today: datetime.date,
-                     where: Literal["user", "system"] = "user") -> list[dict]:
-    """New messages with the sources inserted; the input list and its dicts are left untouched.
-
-    "user" (the default) prepends the sources to the last user message: small models attend to it best,
-    some chat templates have no system role, and `prompts.normalize_messages(system=...)` replaces every
-    system message. "system" appends them to the leading system message (or adds one), since several
-    chat templates only accept a system message in first place.
-    """
-    copied = [dict(m) for m in messages]
-    block = sources_prompt(outcome, today)
-    if not block:
-        return copied
-    if where == "system":
-        if copied and copied[0].get("role") == "system":
-            copied[0]["content"] = f"{copied[0]['content']}\n\n{block}"
-        else:
-            copied.insert(0, {"role": "system", "content": block})
-        return copied
-    for message in reversed(copied):
-        if message.get("role") == "user":
-            message["content"] = augment_question(message["content"], outcome, today)
-            return copied
-    return copied + [{"role": "user", "content": block}]
 
 
 def _markdown_text(text: str) -> str:

@@ -28,6 +28,8 @@ class Column:
     history: list[dict] = field(default_factory=list)  # user/assistant messages; user ones may hold "sent"
     params: SamplingParams = field(default_factory=SamplingParams)
     stats: GenerationStats | None = None
+    queue_position: int = 0  # while waiting for room on the device: 1 = next
+    queue_seconds: float = 0.0
 
 
 def check_message(message: str, max_chars: int) -> str:
@@ -65,6 +67,10 @@ def answer_turn(engine: Engine, columns: list[Column], message: str, *, system: 
     requests = [ChatRequest(c.variant, model_messages(c.history[:-1]), system, c.params) for c in columns]
     for event in engine.stream(requests, cancel):
         column = columns[event.index]
+        column.queue_position, column.queue_seconds = event.queue_position, event.queue_seconds
+        if event.queue_position:
+            yield columns
+            continue
         column.history[-1] = {"role": "assistant", "content": event.text}
         if event.done:
             column.stats = event.stats
@@ -83,14 +89,24 @@ def drop_last_turn(columns: list[Column]) -> str | None:
     return message
 
 
-def stats_line(stats: GenerationStats | None) -> str:
+def stats_line(column: Column) -> str:
+    """Under a column: its place in line while it waits, then how the answer went (time waited included)."""
+    if column.queue_position:
+        return f"waiting for room on the device: {_ordinal(column.queue_position)} in line · {column.queue_seconds:.1f} s"
+    stats = column.stats
     if stats is None:
         return ""
     if stats.finish_reason == "cancelled" and not stats.new_tokens:
         return "stopped"
     tail = {"length": " · hit max tokens", "cancelled": " · stopped"}.get(stats.finish_reason, "")
-    return (f"first token {stats.ttft_seconds:.2f} s · {stats.new_tokens} tokens · "
+    waited = f"waited {stats.queue_seconds:.2f} s · " if stats.queue_seconds >= 0.05 else ""
+    return (f"{waited}first token {stats.ttft_seconds:.2f} s · {stats.new_tokens} tokens · "
             f"{stats.tokens_per_second:.1f} tok/s{tail}")
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def today() -> datetime.date:

@@ -18,16 +18,18 @@ import sys
 import threading
 from pathlib import Path
 
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from kernel.cli import EXIT_PARTIAL, Parser, add_engine_args, engine_config_from_args, quiet_libraries, run_command
+from kernel.errors import ArenaError
 
-from kernel.cli import add_engine_args, engine_config_from_args  # noqa: E402
-from kernel.errors import ArenaError  # noqa: E402
+from .numbers import LM_EVAL_FLEXIBLE, MODES
 
-from .numbers import LM_EVAL_FLEXIBLE, MODES  # noqa: E402
+quiet_libraries()  # before any command imports transformers
+
+PROG = "python -m evaluation"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run variants over a suite and write a report")
     run.add_argument("--suite", required=True, help="JSONL suite (see evaluation/suites/)")
@@ -42,14 +44,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "each with the one before it and name the categories it forgot or won back")
     add_engine_args(run)
     gen = commands.add_parser("generate-data", help="make an instruction dataset with a teacher model")
-    gen.add_argument("--input", required=True, help="CSV, JSONL or text file of raw texts")
+    gen.add_argument("--input", required=True,
+                     help="CSV, JSON/JSONL (the text in --field) or a text file, one text per line")
     gen.add_argument("--field", default="text", help="the column or key holding the text")
-    gen.add_argument("--template", default="qa_pairs", help="review_replies, qa_pairs, instruction, or a template file")
-    gen.add_argument("--teacher", required=True, help="a variant name or an OpenAI-compatible URL")
+    gen.add_argument("--template", default="qa_pairs",
+                     help="review_replies, qa_pairs, instruction, or a .json/.yaml file with prompt and fields")
+    gen.add_argument("--teacher", required=True,
+                     help="a variant of the loaded engine, or an OpenAI-compatible URL (http://host/v1?model=NAME)")
     gen.add_argument("--output", required=True, help="JSON file in alpaca format, for the Training tab")
     gen.add_argument("--max-retries", type=int, default=2, help="re-asks per text after an invalid answer")
     gen.add_argument("--dedupe-threshold", type=float, default=0.7, help="drop outputs this ROUGE-L close to a kept one")
-    gen.add_argument("--limit", type=int, default=None)
+    gen.add_argument("--limit", type=int, default=None, help="only the first N inputs")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_engine_args(gen)
     score = commands.add_parser("score", help="score answers produced elsewhere against a suite (no model)")
     score.add_argument("--suite", required=True, help="JSONL suite")
@@ -69,7 +75,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def command_run(args, engine) -> None:
+def load_engine(args):
+    """Only `run` and `generate-data` with a local teacher need the model (and torch); `score` and `import` do not."""
+    from models import Engine
+
+    return Engine.load(engine_config_from_args(args))
+
+
+def command_run(args) -> None:
     from .judge import judge_from_spec
     from .report import write_report
     from .runner import EvalConfig
@@ -77,6 +90,9 @@ def command_run(args, engine) -> None:
     cfg = EvalConfig(suite=args.suite, variants=[v.strip() for v in args.variants.split(",") if v.strip()],
                      judge=args.judge, max_new_tokens=args.max_new_tokens, limit=args.limit,
                      categories=args.categories.split(",") if args.categories else None, stages=args.stages)
+    if args.report and os.path.isdir(args.report):
+        raise ArenaError(f"--report {args.report} is a folder: give a file name")
+    engine = load_engine(args)
     judge = judge_from_spec(args.judge, engine) if args.judge else None
     run = run_with_progress_bar(engine, cfg, judge)
     paths = write_report(run, args.report)
@@ -114,14 +130,18 @@ def _capture(fn, *args):
         return exc
 
 
-def command_generate(args, engine) -> None:
+def command_generate(args) -> int:
+    """Exit 1 when the teacher stopped answering before the end: run it again to go on where it stopped."""
     from .generate_data import generate_data
     from .judge import judge_from_spec
 
+    local_teacher = not args.teacher.startswith(("http://", "https://"))
+    engine = load_engine(args) if local_teacher else None
     report = generate_data(args.input, args.field, args.template, judge_from_spec(args.teacher, engine),
                            args.output, max_retries=args.max_retries, dedupe_threshold=args.dedupe_threshold,
-                           limit=args.limit)
+                           limit=args.limit, progress=not args.no_progress)
     print(report.summary())
+    return EXIT_PARTIAL if report.stopped else 0
 
 
 def command_score(args) -> None:
@@ -149,21 +169,9 @@ def command_import(args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        if args.command in ("score", "import"):  # answers and files only: no model is loaded
-            {"score": command_score, "import": command_import}[args.command](args)
-            return 0
-        from models import Engine
-
-        engine = Engine.load(engine_config_from_args(args))
-        {"run": command_run, "generate-data": command_generate}[args.command](args, engine)
-    except ArenaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: stored answers are reused when you run it again", file=sys.stderr)
-        return 130
-    return 0
+    command = {"run": command_run, "generate-data": command_generate, "score": command_score,
+               "import": command_import}[args.command]
+    return run_command(lambda: command(args), interrupted="interrupted: stored answers are reused when you run it again")
 
 
 if __name__ == "__main__":

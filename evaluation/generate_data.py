@@ -1,6 +1,6 @@
 """Training data from a teacher model: one JSON request per input text, kept rows in alpaca format.
 
-    python -m evaluation.generate_data reviews.csv --field review --template review_replies \\
+    python -m evaluation generate-data --input reviews.csv --field review --template review_replies \\
         --teacher "http://127.0.0.1:8000/v1?model=qwen2.5-7b" --output data/replies.json
 
 For each text the teacher is asked for a JSON object only. The reply is parsed with `json.loads`,
@@ -15,7 +15,6 @@ Teacher errors are not recorded as done: a re-run asks again.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -26,10 +25,9 @@ import json_repair
 from pydantic import ValidationError
 
 from kernel.errors import ArenaError
-from kernel.jsonl import JsonlAppender, atomic_write_text, load_done
-from training.files import read_rows, read_text
+from kernel.files import JsonlAppender, atomic_write_text, load_done, read_rows, read_text
 
-from .templates import BUILTIN_TEMPLATES, Template, load_template  # Template, load_template re-exported
+from .templates import Template, load_template
 
 REASONS = ("invalid_json", "schema", "truncated", "duplicate", "teacher_error", "no_text")
 RETRY_NOTE = "Your previous answer was invalid: {error}. Reply with JSON only."
@@ -96,7 +94,7 @@ def read_texts(path: Path, field_name: str | None) -> list[tuple[int, str]]:
     else each non-empty line of a text file. A row without the field gives "" (rejected as no_text)."""
     path = Path(path)
     if path.suffix.lower() not in (".csv", ".tsv", ".json", ".jsonl"):
-        lines = read_text(path).splitlines()
+        lines = read_text(path, empty_ok=False).splitlines()
         return [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
     if not field_name:
         raise ArenaError(f"{path}: give the field (column or key) that holds the text")
@@ -306,50 +304,3 @@ def write_results(files: RunFiles, outcomes: list[Outcome]) -> None:
     rejects = [{"row": o.row, "reason": o.reason, "detail": o.detail, "answer": o.answer}
                for o in ordered if not o.kept]
     atomic_write_text(files.rejects, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
-
-
-# ----- command line ----------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from kernel.cli import add_engine_args
-
-    parser.add_argument("input", help="CSV, JSON/JSONL (with --field) or a text file, one text per line")
-    parser.add_argument("--field", default=None, help="the column or key holding the text")
-    parser.add_argument("--template", default="review_replies",
-                        help=f"{', '.join(BUILTIN_TEMPLATES)}, or a .json/.yaml file with prompt and fields")
-    parser.add_argument("--teacher", required=True,
-                        help="a variant of the loaded engine, or http(s)://host:port/v1?model=NAME")
-    parser.add_argument("--output", required=True, help="the JSON file to write (alpaca rows)")
-    parser.add_argument("--max-retries", type=int, default=2)
-    parser.add_argument("--dedupe-threshold", type=float, default=0.7, help="ROUGE-L F above this is a duplicate")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N inputs")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_engine_args(parser)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .judge import judge_from_spec
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        engine = None
-        if not args.teacher.startswith(("http://", "https://")):  # a local teacher: load the engine
-            from models import Engine
-            from kernel.cli import engine_config_from_args
-
-            engine = Engine.load(engine_config_from_args(args))
-        report = generate_data(args.input, args.field, args.template, judge_from_spec(args.teacher, engine),
-                               args.output, max_retries=args.max_retries, dedupe_threshold=args.dedupe_threshold,
-                               limit=args.limit, progress=not args.no_progress)
-    except ArenaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    return 1 if report.stopped else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kernel.errors import ArenaError
-from kernel.jsonl import atomic_write_text, read_jsonl
+from kernel.files import atomic_write_text, read_jsonl
 
 from .numbers import LM_EVAL_FLEXIBLE
 from .suite import Problem, case_notes, parse_case

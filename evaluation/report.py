@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from kernel.jsonl import atomic_write_text
+from kernel.files import atomic_write_text
 
 ROUNDS = 1000
 ALPHA = 0.05

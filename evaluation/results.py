@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kernel.config import SamplingParams
+from kernel.errors import ArenaError
 
 from .case import Case
 from .checks import CheckResult
@@ -23,6 +24,14 @@ class EvalConfig:
     limit: int | None = None  # the first N cases only
     categories: list[str] | None = None
     stages: bool = False  # the variants are successive stages of one fine-tune, in training order
+
+    def __post_init__(self) -> None:
+        """Refused before any case runs: a bad setting found after an hour of answers wastes the hour."""
+        if not self.variants:
+            raise ArenaError("no variant to evaluate: give base and/or adapter names")
+        if self.limit is not None and self.limit < 1:
+            raise ArenaError(f"limit must be at least 1 (or none for every case), not {self.limit}")
+        self.params()  # SamplingParams checks max_new_tokens
 
     def params(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens)  # greedy: reproducible answers

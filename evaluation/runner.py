@@ -13,8 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from models import ArenaError, ChatRequest, Engine
+from kernel.data_dir import DataDir
 from kernel.errors import NotSupported
-from kernel.jsonl import JsonlAppender
+from kernel.files import JsonlAppender
 
 from .case import Case
 from .check_types import JUDGE, LIKELIHOOD, check_type, run_check
@@ -66,9 +67,10 @@ def run_evaluation(engine: Engine, cfg: EvalConfig, data_dir: Path, judge=None, 
         raise ArenaError(f"{cfg.suite}: no case to run (check --categories / --limit)")
     run = EvalRun(cfg, loaded.name, [(p.line, p.reason) for p in loaded.problems],
                   notes=[(n.line, n.reason) for n in loaded.notes])
-    run.run_dir = Path(data_dir) / "evaluations" / f"{time.strftime('%Y%m%d-%H%M%S')}-{loaded.name}"
+    paths = DataDir(data_dir)
+    run.run_dir = paths.evaluation_run(loaded.name)
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    store = AnswerStore(Path(data_dir) / "eval.sqlite")
+    store = AnswerStore(paths.eval_db)
     weights = {v: variant_fingerprint(engine, v) for v in cfg.variants}
     progress = progress or Progress()
     with JsonlAppender(run.run_dir / "answers.jsonl") as out:
@@ -185,7 +187,7 @@ def judge_vote_agreement(judge, data_dir: Path, limit: int = 50) -> str:
     from .judge import agreement_with_votes, grade_pairwise, vote_prompt
     from arena.votes import VoteStore
 
-    path = data_dir / "votes.sqlite"
+    path = DataDir(data_dir).votes_db
     if not path.is_file():
         return ""
     votes = [v for v in VoteStore(path).all() if v.mode == "arena"][-limit:]

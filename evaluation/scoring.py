@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from kernel.errors import ArenaError
-from kernel.jsonl import atomic_write_text, read_jsonl
+from kernel.files import atomic_write_text, read_jsonl
 
 from .case import Case
 from .check_types import ANSWER, check_type, run_check

@@ -9,8 +9,8 @@ import hashlib
 import json
 import sqlite3
 import threading
-from contextlib import closing
 from pathlib import Path
+from typing import ContextManager
 
 from kernel import sqlite_store
 
@@ -25,13 +25,8 @@ def fingerprint(*parts) -> str:
 
 
 def variant_fingerprint(engine, variant: str) -> str:
-    """The base's name for 'base'; for an adapter, its weight file's size and time of change."""
-    if variant == "base":
-        return fingerprint(engine.base.name, engine.base.path)
-    info = {a.name: a for a in engine.adapters()}.get(variant)
-    weights = Path(info.path) / "adapter_model.safetensors" if info else None
-    stat = weights.stat() if weights and weights.exists() else None
-    return fingerprint(engine.base.name, variant, stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0)
+    """Changes when the variant's weights do: the base for 'base', an adapter's weight file's size and time."""
+    return fingerprint(*engine.variant_identity(variant))
 
 
 class AnswerStore:
@@ -41,7 +36,7 @@ class AnswerStore:
         self._lock = threading.Lock()
         sqlite_store.migrate(self.path, "answer store", SCHEMA, SCHEMA_VERSION)
 
-    def _connect(self) -> closing[sqlite3.Connection]:
+    def _connect(self) -> ContextManager[sqlite3.Connection]:
         return sqlite_store.connect(self.path, "answer store")
 
     def get(self, key: str) -> tuple[str, dict] | None:

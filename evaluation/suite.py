@@ -11,7 +11,6 @@ next one after the model's own answer, and every turn's answer is checked.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +18,11 @@ from evaluation.case import Case
 from evaluation.check_fields import first_reason
 from evaluation.check_types import LIKELIHOOD, check_notes, check_type, validate_check
 from kernel.errors import ArenaError
+from kernel.files import BadRow, json_lines, read_text
 
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+MAX_SUITE_BYTES = 64 * 2**20  # MT-bench is 0.1 MB; a suite is read whole on every run
+MAX_CASE_CHARS = 2**20  # one case's line: far more than any model's context holds
 PROBLEMS_IN_ERROR = 3  # enough to show the pattern of a broken file without a wall of text
 
 
@@ -168,23 +170,14 @@ def case_notes(case: Case) -> list[Problem]:
             for index, check in enumerate(case.checks, 1) for note in check_notes(check, case.tools)]
 
 
-def read_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise ArenaError(f"{path}: no such suite file")
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise ArenaError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-
-
-def parse_row(text: str) -> tuple[dict | None, str]:
-    try:
-        row = json.loads(text)
-    except ValueError as exc:
-        return None, f"not valid JSON ({getattr(exc, 'msg', exc)})"
-    if not isinstance(row, dict):
+def parse_row(value: object) -> tuple[dict | None, str]:
+    if isinstance(value, BadRow):
+        if value.kind == "line too long":
+            return None, f"the line is {value.detail}"
+        return None, f"{value.kind} ({value.detail})"
+    if not isinstance(value, dict):
         return None, "expected a JSON object (one case per line)"
-    return row, ""
+    return value, ""
 
 
 def no_case_error(path: Path, problems: list[Problem]) -> ArenaError:
@@ -202,10 +195,8 @@ def load_suite(path: str | Path) -> SuiteLoad:
     problems: list[Problem] = []
     notes: list[Problem] = []
     first_line_of: dict[str, int] = {}  # ids compared as text: 7 and "7" would be the same row in a report
-    for number, text in enumerate(read_lines(path), 1):
-        if not text.strip():
-            continue
-        row, reason = parse_row(text)
+    for number, value in json_lines(read_text(path, "suite file", max_bytes=MAX_SUITE_BYTES), MAX_CASE_CHARS):
+        row, reason = parse_row(value)
         case, reason = parse_case(row, number) if row is not None else (None, reason)
         if case is not None and str(case.id) in first_line_of:
             case, reason = None, f"duplicate id '{case.id}' (first on line {first_line_of[str(case.id)]})"

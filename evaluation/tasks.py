@@ -6,7 +6,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from kernel.errors import ArenaError
+from kernel.errors import ArenaError, first_line
 
 from .runner import EvalConfig, EvalRun, Progress, run_evaluation
 
@@ -58,7 +58,7 @@ class EvalTasks:
             task.error = str(exc)
         except Exception as exc:  # shown as one line; the traceback goes to the server log
             log.exception("evaluation %s failed", task.id)
-            task.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            task.error = f"{type(exc).__name__}: {first_line(exc)}"
 
     def get(self, task_id: str) -> EvalTask | None:
         return self.tasks.get(task_id)

@@ -19,8 +19,8 @@ from typing import Annotated, Callable
 import yaml
 from pydantic import BaseModel, StringConstraints, create_model
 
-from kernel.errors import ArenaError
-from training.files import read_text
+from kernel.errors import ArenaError, first_line
+from kernel.files import read_text
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]  # an empty answer teaches nothing
 AGREE = "Write a reply that agrees with this review."
@@ -86,11 +86,11 @@ def load_template(spec: str) -> Template:
 
 
 def read_template_file(path: Path) -> dict:
-    text = read_text(path)
+    text = read_text(path, empty_ok=False)
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise ArenaError(f"{path}: not valid {path.suffix[1:] or 'YAML'} ({str(exc).splitlines()[0]})") from None
+        raise ArenaError(f"{path}: not valid {path.suffix[1:] or 'YAML'} ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise ArenaError(f"{path}: a template is a mapping with prompt and fields")
     return data

@@ -64,7 +64,13 @@ def short_name(name_or_path: str) -> str:
 
 def pick_device(requested: str | None = None) -> torch.device:
     if requested:
-        return torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise ArenaError(f"unknown device '{requested}': use cpu or cuda") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ArenaError(f"device '{requested}': this machine has no CUDA GPU that torch can use; use cpu")
+        return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -151,14 +157,14 @@ def _quantization_config(quantization: str | None, device: torch.device, notes: 
 
 
 def load_base(spec: str, models_dir: Path, device: str | None = None,
-              quantization: str | None = None) -> LoadedBase:
-    """Load tokenizer and model onto one device: CUDA in bf16 with sdpa, else CPU in fp32."""
+              quantization: str | None = None, dtype: torch.dtype | None = None) -> LoadedBase:
+    """Load tokenizer and model onto one device, with sdpa: in `dtype`, else bf16 on CUDA and fp32 on CPU."""
     start = time.perf_counter()
     name, source = resolve_base(spec, models_dir)
     dev = pick_device(device)
     notes: list[str] = []
     quant_config = _quantization_config(quantization, dev, notes)
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     offline = hub_offline()
     kwargs = dict(dtype=dtype, attn_implementation="sdpa")
     if quant_config is not None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from contextlib import contextmanager
+from typing import Callable
 
 
 class Cancelled(Exception):
@@ -26,19 +28,21 @@ class DeviceQueue:
         with self._cond:
             return len(self._line)
 
-    @property
-    def busy(self) -> bool:
-        return self._busy
-
     @contextmanager
-    def hold(self, cancel: threading.Event | None = None):
+    def hold(self, cancel: threading.Event | None = None, on_wait: Callable[[int], None] | None = None):
+        """Wait for the device; on_wait(place in line, 1 = next) is told when the place changes and each second."""
         ticket = object()
+        told, told_at = 0, 0.0
         with self._cond:
             self._line.append(ticket)
             try:
                 while self._busy or self._line[0] is not ticket:
                     if cancel is not None and cancel.is_set():
                         raise Cancelled()
+                    place = self._line.index(ticket) + 1
+                    if on_wait is not None and (place != told or time.monotonic() - told_at >= 1.0):
+                        told, told_at = place, time.monotonic()
+                        on_wait(place)
                     # Wake up now and then to notice a cancel nobody notified us about.
                     self._cond.wait(timeout=0.05)
             except BaseException:

@@ -24,12 +24,12 @@ import httpx
 from kernel.errors import ArenaError, first_line
 
 from .adapters import AdapterInfo
+from .backend import BASE_ROW
 from .base import DEFAULT_ALIASES, ensure_default_model, short_name
 from .device_queue import Cancelled
 from .remote_http import RemoteModel, RemoteServer
 from .streaming import GenerationStats, StreamEvent
 
-BASE_ROW = "__base__"
 DEFAULT_CONTEXT = 2048  # when neither the server nor the tokenizer says
 
 
@@ -123,6 +123,8 @@ class RemoteBackend:
         """Ask every server to load the adapter from its path (which must be visible to the server)."""
         reasons = []
         for server in self.servers:
+            if not replace and any(m.id == info.name for m in server.models):
+                continue  # it serves that name already (a shared adapter folder, or loaded at its start)
             if replace:
                 self.run(server.unload_adapter(info.name))
             reason = self.run(server.load_adapter(info.name, str(info.path)))
@@ -217,14 +219,13 @@ class RemoteBackend:
             return list(await asyncio.gather(*(one(row) for row in rows)))
         return self.run(every(), cancel)
 
-    def token_logprobs(self, adapter: str, ids: list[int], top: int = 0,
-                       cancel: threading.Event | None = None) -> list[tuple[float, list[tuple[int, float]]]]:
-        """Each of ids[1:] after the tokens before it, from the server's echo (no alternatives: a sum is what
-        scoring needs, and servers differ in how they name theirs)."""
-        server = self._least_busy(adapter if adapter != BASE_ROW else None)
-        model = adapter if adapter != BASE_ROW else next(m.id for m in server.models if not m.parent)
-        values = self.run(server.token_logprobs(model, ids), cancel)
-        return [(float(value), []) for value in values[1:]]
+    def token_logprobs(self, row, top: int, cancel: threading.Event | None = None) -> list[tuple]:
+        """Each continuation token after what precedes it, from the server's echo (no alternatives: servers
+        differ in how they name theirs, and scoring needs only the values)."""
+        server = self._least_busy(row.adapter if row.adapter != BASE_ROW else None)
+        ids = row.prompt_ids + row.continuation_ids
+        values = self.run(server.token_logprobs(self._model_on(server, row), ids), cancel)
+        return [(float(value), []) for value in values[len(row.prompt_ids):]]
 
     def _least_busy(self, adapter: str | None) -> RemoteServer:
         serving = [s for s in self.servers if adapter is None or any(m.id == adapter for m in s.models)]

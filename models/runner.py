@@ -1,30 +1,16 @@
-"""The inside of generation: turn rows (prompt ids + adapter) into one batched `generate` call.
-
-This is the part a faster implementation (static KV cache, CUDA graphs, stacked LoRA weights
-gathered per row, as Punica/S-LoRA do) would replace; the engine and every caller only see
-`run(rows, params, emit, cancel)`.
-"""
+"""The reference backend's inside: turn rows (prompt ids + adapter) into one batched `generate` call."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from transformers import GenerationConfig, StoppingCriteriaList
 
 from kernel.config import SamplingParams
+
+from .backend import Row, top_tokens
 from .streaming import CancelCriteria, RowStreamer, StreamEvent
-
-BASE_ROW = "__base__"  # PEFT's name for "no adapter" in a mixed batch
-
-
-@dataclass
-class Row:
-    index: int  # position of the request in the caller's list
-    variant: str  # what the caller asked for ("base" or an adapter name)
-    adapter: str  # PEFT adapter name, or BASE_ROW
-    prompt_ids: list[int]
 
 
 class HFRunner:
@@ -57,7 +43,7 @@ class HFRunner:
                 kwargs["adapter_names"] = [row.adapter for row in rows]
         streamer = RowStreamer(
             self.tokenizer, [(r.index, r.variant, len(r.prompt_ids)) for r in rows],
-            self.eos_ids, emit, cancel, queue_seconds,
+            self.eos_ids, emit, cancel, queue_seconds, params.stop,
         )
         if params.seed is not None:
             torch.manual_seed(params.seed)
@@ -65,40 +51,38 @@ class HFRunner:
             model.generate(
                 input_ids=input_ids, attention_mask=attention_mask,
                 generation_config=self._generation_config(params),
-                streamer=streamer, stopping_criteria=StoppingCriteriaList([CancelCriteria(cancel)]),
+                streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([CancelCriteria(cancel, lambda: streamer.all_done)]),
                 **kwargs,
             )
 
-    def score(self, prompt: list[int], options: list[list[int]]) -> list[float]:
-        """Sum of log-probabilities of each option's tokens after the prompt, in one padded forward pass."""
-        model = self.base_model
-        rows = [prompt + option for option in options]
+    def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+        """Sum of log-probabilities of each continuation's tokens after its prompt, in one padded forward pass."""
+        rows = [prompt + option for prompt, option in pairs]
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
         with torch.inference_mode():
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            logits = self.base_model(input_ids=ids, attention_mask=mask).logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
         scores = []
-        for row, option in enumerate(options):
+        for row, (prompt, option) in enumerate(pairs):
             # the token at position p is predicted by the logits at p - 1
             positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(option), device=self.device)
             targets = torch.tensor(option, device=self.device)
             scores.append(float(logprobs[row, positions, targets].sum()))
         return scores
 
-    def token_logprobs(self, ids: list[int], top: int = 0) -> list[tuple[float, list[tuple[int, float]]]]:
-        """(log-probability, top alternatives) of ids[1:], each after the tokens before it: one forward pass."""
+    def token_logprobs(self, prompt: list[int], continuation: list[int], top: int = 0) -> list[tuple]:
+        """(log-probability, top alternatives) of each continuation token after what precedes it: one forward pass."""
+        ids = prompt + continuation
         with torch.inference_mode():
-            logits = self.base_model(input_ids=torch.tensor([ids], device=self.device)).logits[0, :-1].float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        targets = torch.tensor(ids[1:], device=self.device)
+            logits = self.base_model(input_ids=torch.tensor([ids], device=self.device)).logits[0].float()
+        logprobs = torch.log_softmax(logits[len(prompt) - 1:-1], dim=-1)  # position p predicts token p + 1
+        targets = torch.tensor(continuation, device=self.device)
         chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
-        if top <= 0:
-            return [(value, []) for value in chosen]
-        values, tokens = logprobs.topk(top, dim=-1)
-        return [(value, list(zip(t, v))) for value, t, v in zip(chosen, tokens.tolist(), values.tolist())]
+        return list(zip(chosen, top_tokens(logprobs, top)))
 
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(p) for p in prompts)
@@ -116,3 +100,4 @@ class HFRunner:
             repetition_penalty=params.repetition_penalty, eos_token_id=sorted(self.eos_ids),
             pad_token_id=self.tokenizer.pad_token_id, **sampling,
         )
+

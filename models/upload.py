@@ -13,14 +13,15 @@ import re
 import shutil
 import stat
 import tempfile
-import time
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from .adapters import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, AdapterInfo, check_compatible, inspect_folder, validate_name
-from kernel.errors import ArenaError
+from kernel.errors import ArenaError, write_error
+from kernel.files import megabytes as _mb
+
+from .adapters import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, AdapterInfo, inspect_folder, validate_name
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -54,10 +55,11 @@ def install_adapter(engine: Engine, name: str, files: list[Path], max_bytes: int
     validate_name(name)
     files = [Path(f) for f in files]
     _refuse_taken_name(engine, name, replace)
-    root = engine.config.adapters_dir
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".upload-{name}-", dir=root))
+    root = engine.config.paths.adapters
+    staging = None
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".upload-{name}-", dir=root))
         # A folder named like the adapter, because inspect_folder checks the folder's name.
         candidate = staging / name
         candidate.mkdir()
@@ -67,8 +69,11 @@ def install_adapter(engine: Engine, name: str, files: list[Path], max_bytes: int
             _retire(engine, name)  # only now: a refused upload must not cost the old adapter
         _move_into_place(candidate, root / name)
         info = _load(engine, name, staging)
+    except OSError as exc:  # a full disk above all: say so, and where
+        raise write_error(exc, root / name) from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     if skipped:
         log.info("upload '%s': ignored %s", name, ", ".join(skipped))
     values = {f.name: getattr(info, f.name) for f in fields(AdapterInfo)}
@@ -78,7 +83,7 @@ def install_adapter(engine: Engine, name: str, files: list[Path], max_bytes: int
 # ----- the name ------------------------------------------------------------------------------
 
 def _refuse_taken_name(engine: Engine, name: str, replace: bool) -> None:
-    taken = name in {a.name for a in engine.adapters()} or (engine.config.adapters_dir / name).exists()
+    taken = name in {a.name for a in engine.adapters()} or (engine.config.paths.adapters / name).exists()
     if taken and not replace:
         raise ArenaError(f"adapter '{name}' already exists: delete it first or pick another name")
 
@@ -88,11 +93,9 @@ def _retire(engine: Engine, name: str) -> None:
     if name in {a.name for a in engine.adapters()}:
         trash = engine.delete_adapter(name)
         log.info("replaced adapter '%s': old copy in %s", name, trash)
-    stray = engine.config.adapters_dir / name
+    stray = engine.config.paths.adapters / name
     if stray.exists() or stray.is_symlink():  # on disk but not (yet) scanned: still never deleted
-        trash = engine.config.trash_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(stray), trash)
+        engine.config.paths.move_to_trash(stray, name)
 
 
 # ----- unpacking -----------------------------------------------------------------------------
@@ -116,11 +119,6 @@ def _unpack(files: list[Path], target: Path, max_bytes: int) -> list[str]:
 def _check_size(what: str, size: int, max_bytes: int) -> None:
     if size > max_bytes:
         raise ArenaError(f"{what} {_mb(size)} MB, more than the limit of {_mb(max_bytes)} MB")
-
-
-def _mb(size: int) -> str:
-    value = size / 2**20
-    return f"{value:.1f}" if value >= 0.1 else f"{value:.2g}"  # tiny test limits must not read as 0.0
 
 
 def _copy_loose(files: list[Path], target: Path) -> list[str]:
@@ -208,8 +206,10 @@ def _extract(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, target: Path, bud
                 if written > budget:
                     raise ArenaError(f"{zip_name} unpacks to more than {_mb(max_bytes)} MB, the limit")
                 sink.write(chunk)
-    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError) as exc:
         raise ArenaError(f"{zip_name}: cannot unpack '{entry.filename}' ({exc})") from None
+    except OSError as exc:
+        raise write_error(exc, target) from None
     return written
 
 
@@ -218,7 +218,7 @@ def _extract(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, target: Path, bud
 def _check(folder: Path, engine: Engine) -> None:
     """The registry's own checks, run while the adapter is still invisible."""
     info = inspect_folder(folder)
-    reason = info.reason or check_compatible(info, engine.base)
+    reason = info.reason or engine.check_adapter(info)
     if reason:
         raise ArenaError(f"adapter refused: {reason}")
 
@@ -239,5 +239,5 @@ def _load(engine: Engine, name: str, staging: Path) -> AdapterInfo:
     if info.status == "loaded":
         return info
     engine.unload_adapter(name, forget=True)
-    os.rename(engine.config.adapters_dir / name, staging / name)  # staging is removed by the caller
+    os.rename(engine.config.paths.adapters / name, staging / name)  # staging is removed by the caller
     raise ArenaError(f"adapter '{name}' could not be loaded: {info.reason}")

@@ -42,8 +42,12 @@ def tiny_adapters(tmp_path_factory, tiny_model_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_engine(tmp_path_factory, tiny_model_path, tiny_adapters) -> Engine:
+    """The default (batched) backend in fp32, so answers and scores equal plain transformers'."""
     data = tmp_path_factory.mktemp("tiny_data")
-    return Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=data, adapter_dirs=[tiny_adapters]))
+    engine = Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=data, adapter_dirs=[tiny_adapters],
+                                      dtype="float32"))
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="session")
@@ -55,9 +59,12 @@ def trained_adapter(tmp_path_factory, default_model_path) -> Path:
 
 @pytest.fixture(scope="session")
 def real_engine(tmp_path_factory, default_model_path, trained_adapter) -> Engine:
+    """The default model on the default (batched) backend in fp32: greedy answers equal plain transformers'."""
     data = tmp_path_factory.mktemp("real_data")
-    return Engine.load(EngineConfig(base=str(default_model_path), data_dir=data,
-                                    adapter_dirs=[trained_adapter.parent]))
+    engine = Engine.load(EngineConfig(base=str(default_model_path), data_dir=data, dtype="float32",
+                                      kv_budget_mb=512, adapter_dirs=[trained_adapter.parent]))
+    yield engine
+    engine.close()
 
 
 @pytest.fixture

@@ -1,6 +1,9 @@
-"""Builders for test models and adapters: real PEFT and transformers objects, small enough to be quick."""
+"""Builders for test models and adapters (real PEFT and transformers objects, small enough to be quick),
+and ways to run the commands and the app as a user does."""
 from __future__ import annotations
 
+import logging
+import subprocess
 import time
 from pathlib import Path
 
@@ -87,6 +90,17 @@ def shared_data() -> Path:
     return repo.parent / "shared" / "data"
 
 
+def final_events(engine, requests) -> list:
+    """The done event of each request of one Engine.stream call, in request order."""
+    done = {e.index: e for e in engine.stream(requests) if e.done}
+    return [done[i] for i in range(len(requests))]
+
+
+def answer_tokens(engine, requests) -> list[list[int]]:
+    """The answer's token ids of each request of one Engine.stream call, in request order."""
+    return [e.token_ids for e in final_events(engine, requests)]
+
+
 def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
     """Poll until `predicate()` is truthy and return its value; fail naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
@@ -96,3 +110,39 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def serve_page(proc, port: int, timeout: float = 120.0) -> str:
+    """The app's front page once the process `proc` serves it on `port`; fail with its output if it exits."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.5)
+    raise AssertionError(f"the app did not serve a page within {timeout:.0f} s")
+
+
+def one_line_error(proc, code: int) -> str:
+    """The single stderr line of a command that refused its input with exit code `code`."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == code, (proc.returncode, proc.stderr[-3000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    return lines[0]
+
+
+def in_process(main, argv: list, capsys) -> subprocess.CompletedProcess:
+    """A command's `main` run here, its exit code and output read as from a process."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level  # main's logging.basicConfig is for its process
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse refuses options before main's body runs
+        code = exc.code
+    finally:
+        root.handlers[:], root.level = handlers, level
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out, err)

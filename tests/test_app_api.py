@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 from gradio_client import Client
@@ -10,7 +12,8 @@ from arena.export import read_preference_pairs
 from arena.votes import Vote, VoteStore
 from models import Engine, EngineConfig, SamplingParams
 from chat.turns import today
-from chat.search import SearchResult, StaticProvider, WebSearch, augment_question
+from chat.search import SearchResult, WebSearch, augment_question
+from tests.static_search import StaticProvider
 from tests.app_client import call_args, text_of
 
 FRANCE = "What is the capital of France?"
@@ -69,6 +72,32 @@ def test_arena_hides_names_until_the_vote(real_app):
     assert vote.mode == "arena" and vote.winner == "b"
     assert {vote.variant_a, vote.variant_b} == {"base", "pirate"}
     assert f"Model A was **{vote.variant_a}**" in reveal and f"Model B was **{vote.variant_b}**" in reveal
+
+
+def test_two_sessions_sending_at_once_both_stream_before_either_finishes(real_app):
+    """The batched backend's point: a second user does not wait for the first user's whole answer."""
+    _, first = real_app
+    clients = [first, Client(first.src, verbose=False)]
+    times: dict[int, dict[str, float]] = {0: {}, 1: {}}
+    barrier = threading.Barrier(2)
+
+    def send(i: int) -> None:
+        args = call_args(clients[i], "/compare_send", Message="Write a long story about a dragon.",
+                         **{"Column 1": "base", "Column 2": "pirate", "Max new tokens": 64})
+        barrier.wait()
+        job = clients[i].submit(*args, api_name="/compare_send")
+        for chunk in job:
+            if "first" not in times[i] and text_of(chunk[CHAT_1][-1]):
+                times[i]["first"] = time.perf_counter()
+        times[i]["end"] = time.perf_counter()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    assert all("first" in t for t in times.values()), times
+    assert max(t["first"] for t in times.values()) < min(t["end"] for t in times.values())
 
 
 def test_two_sessions_keep_their_own_conversations(real_app):

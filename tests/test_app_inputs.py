@@ -107,7 +107,7 @@ def test_a_configured_endpoint_is_offered_by_name_and_gets_only_its_own_key(laun
 
 def test_an_adapter_installed_after_start_can_be_picked_through_the_api(operator_app, tiny_adapters):
     ctx, client = operator_app
-    shutil.copytree(tiny_adapters / "a2", ctx.engine.config.adapters_dir / "late")
+    shutil.copytree(tiny_adapters / "a2", ctx.engine.config.paths.adapter("late"))
     ctx.engine.rescan()
     args = call_args(client, "/compare_send", Message="Hi", **{"Column 1": "base", "Column 2": "late",
                                                                 "Max new tokens": 4})

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from tests.conftest import free_port
+from tests.helpers import serve_page
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -17,17 +16,7 @@ def test_arena_py_serves_the_page(tmp_path, default_model_path):
     proc = subprocess.Popen([sys.executable, "arena.py", "--port", str(port), "--data-dir", str(tmp_path)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read()
-                time.sleep(0.5)
-        else:
-            raise AssertionError("the app did not start within 120 s")
-        assert "LoRA Arena" in page
+        assert "LoRA Arena" in serve_page(proc, port)
     finally:
         proc.terminate()
         proc.wait(10)

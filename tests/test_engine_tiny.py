@@ -7,6 +7,7 @@ import time
 import pytest
 
 from models import ArenaError, Engine, EngineConfig, SamplingParams
+from tests.helpers import wait_for
 
 GREEDY = SamplingParams(max_new_tokens=12)
 
@@ -102,25 +103,36 @@ def test_closing_a_stream_frees_the_device(tiny_engine):
     assert time.perf_counter() - start < 5
 
 
-def test_a_waiting_caller_that_gives_up_leaves_the_line(tiny_engine):
-    long_call = tiny_engine.generate_stream("a1", "Go on", params=SamplingParams(max_new_tokens=8000))
+@pytest.fixture(scope="module", params=["hf", "batched"])
+def one_lane(request, tmp_path_factory, tiny_model_path, tiny_adapters):
+    """An engine where one long answer keeps every other request waiting: the reference backend holds
+    the device per call; the batched backend is given room for one row."""
+    engine = Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=tmp_path_factory.mktemp("lane"),
+                                      adapter_dirs=[tiny_adapters], backend=request.param, max_batch=1))
+    yield engine
+    engine.close()
+
+
+def test_a_waiting_caller_that_gives_up_leaves_the_line(one_lane):
+    long_call = one_lane.generate_stream("a1", "Go on", params=SamplingParams(max_new_tokens=8000))
     next(long_call)  # holds the device
     give_up = threading.Event()
-    waiting = tiny_engine.generate_stream("a2", "Hi", params=GREEDY, cancel=give_up)
+    waiting = one_lane.generate_stream("a2", "Hi", params=GREEDY, cancel=give_up)
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("events", list(waiting)))
     thread.start()
-    time.sleep(0.3)
-    assert tiny_engine.device.waiting == 1
+    wait_for(lambda: one_lane.waiting == 1, 5, "the second request to wait")
     give_up.set()
     thread.join(2)
+    assert result["events"][0].queue_position == 1  # the page can say where it stands
     assert result["events"][-1].stats.finish_reason == "cancelled"
-    assert tiny_engine.device.waiting == 0
+    assert one_lane.waiting == 0
     long_call.close()
 
 
 def _queue_behind_a_long_call(engine, first, second):
-    """Hold the device with a long answer, queue `first` then `second` behind it, then let them run."""
+    """Hold the device with a long answer, call `first` then `second` (each waits its turn if the backend
+    makes it wait), then let them run."""
     long_call = engine.generate_stream("a1", "Go on", params=SamplingParams(max_new_tokens=8000))
     next(long_call)
     results = {}
@@ -133,41 +145,42 @@ def _queue_behind_a_long_call(engine, first, second):
 
     threads = []
     for key, fn in (("first", first), ("second", second)):
+        before = engine.waiting
         threads.append(threading.Thread(target=run, args=(key, fn)))
         threads[-1].start()
-        deadline = time.monotonic() + 5
-        while engine.device.waiting < len(threads) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: key in results or engine.waiting > before, 5, f"'{key}' to wait or finish")
     long_call.close()
     for thread in threads:
         thread.join(30)
     return results
 
 
-def test_a_request_waiting_during_a_reload_gets_its_answer(tiny_engine):
+def test_a_request_waiting_during_a_reload_gets_its_answer(one_lane):
     """A finished training job reloads its adapter while someone's Compare request waits for it."""
-    expected = tiny_engine.generate("a2", "Hi", params=GREEDY).text
+    expected = one_lane.generate("a2", "Hi", params=GREEDY).text
     results = _queue_behind_a_long_call(
-        tiny_engine,
-        lambda: tiny_engine.reload_adapter("a2"),
-        lambda: tiny_engine.generate("a2", "Hi", params=GREEDY).text,
+        one_lane,
+        lambda: one_lane.reload_adapter("a2"),
+        lambda: one_lane.generate("a2", "Hi", params=GREEDY).text,
     )
     assert results["second"] == expected
-    assert "a2" in tiny_engine.variants()
+    assert "a2" in one_lane.variants()
 
 
-def test_a_request_waiting_during_an_unload_names_the_adapter(tiny_engine):
-    results = _queue_behind_a_long_call(
-        tiny_engine,
-        lambda: tiny_engine.unload_adapter("a3"),
-        lambda: tiny_engine.generate("a3", "Hi", params=GREEDY).text,
-    )
+def test_a_request_waiting_during_an_unload_names_the_adapter(one_lane):
+    unload = lambda: one_lane.unload_adapter("a3")  # noqa: E731
+    answer = lambda: one_lane.generate("a3", "Hi", params=GREEDY).text  # noqa: E731
+    # The reference queues an unload behind the device like any call; the batched loop unloads between
+    # two steps, so there the request must be the one already waiting.
+    first, second = (unload, answer) if one_lane.backend.name == "hf" else (answer, unload)
+    results = _queue_behind_a_long_call(one_lane, first, second)
+    error = results["second" if one_lane.backend.name == "hf" else "first"]
     try:
-        assert isinstance(results["second"], ArenaError)
-        assert "adapter 'a3' was unloaded while this request waited" in str(results["second"])
+        assert isinstance(error, ArenaError)
+        assert "adapter 'a3' was unloaded while this request waited" in str(error)
     finally:
-        tiny_engine.load_adapter("a3")
-    assert tiny_engine.generate("a3", "Hi", params=GREEDY).text
+        one_lane.load_adapter("a3")
+    assert one_lane.generate("a3", "Hi", params=GREEDY).text
 
 
 def test_sampling_with_a_seed_repeats(tiny_engine):
@@ -191,7 +204,7 @@ def test_unload_reload_and_retrain_under_the_same_name(tmp_path, tiny_model_path
     engine = Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=tmp_path / "data", adapter_dirs=[adapters]))
     before = engine.generate("mine", "Hi", params=GREEDY).text
     engine.unload_adapter("mine")
-    assert engine.variants() == ["base"] and engine._peft is None  # LoRA layers gone: memory freed
+    assert engine.variants() == ["base"] and engine.info()["adapters_in_memory"] == 0  # weights freed
     with pytest.raises(ArenaError, match="cannot answer"):
         engine.generate("mine", "Hi")
     # "retrain": new weights under the same name, then reload
@@ -215,8 +228,8 @@ def test_rescan_finds_new_adapters_and_delete_moves_to_trash(tmp_path, tiny_mode
 
 def test_quantization_without_cuda_says_so_and_loads(tmp_path, tiny_model_path):
     engine = Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=tmp_path, quantization="4bit"))
-    assert engine.base.quantization is None
-    assert any("needs CUDA" in note for note in engine.base.notes)
+    assert engine.info()["quantization"] == "none"
+    assert any("needs CUDA" in note for note in engine.info()["notes"])
     assert engine.generate("base", "Hi", params=SamplingParams(max_new_tokens=3)).stats.new_tokens == 3
 
 

@@ -11,8 +11,9 @@ import pytest
 
 from tests.chat_server import ChatServer, Reply, closed_port
 
-from evaluation.generate_data import generate_data, load_template, looks_cut_off, read_texts
+from evaluation.generate_data import generate_data, looks_cut_off, read_texts
 from evaluation.judge import EngineJudge, OpenAIJudge
+from evaluation.templates import load_template
 from kernel.config import ArenaError, SamplingParams
 from training.data import load_dataset
 
@@ -187,19 +188,22 @@ def test_looks_cut_off(reply, cut):
 
 
 def test_command_line_with_an_http_teacher(chat_server, tmp_path, capsys):
-    from evaluation.generate_data import main
+    """`python -m evaluation generate-data`, the one dataset command: an HTTP teacher needs no local model."""
+    from evaluation.__main__ import main
 
     source = tmp_path / "facts.txt"
     source.write_text("Water boils at 100 C at sea level.\n\nThe Moon orbits the Earth.\n")
     server = chat_server(lambda body: json.dumps(
         {"question": f"What does this say? ({len(body['messages'][0]['content'])})", "answer": "A fact."}))
-    code = main([str(source), "--template", "qa_pairs", "--teacher", f"{server.url}?model=teacher",
-                 "--output", str(tmp_path / "qa.json"), "--no-progress", "--dedupe-threshold", "1"])
+    code = main(["generate-data", "--input", str(source), "--teacher", f"{server.url}?model=teacher",
+                 "--output", str(tmp_path / "qa.json"), "--no-progress", "--dedupe-threshold", "1",
+                 "--base", "no-such-model-is-loaded"])
     assert code == 0 and "2 of 2 inputs kept (2 rows" in capsys.readouterr().out
     assert server.requests[0]["body"]["model"] == "teacher"
-    assert main([str(tmp_path / "missing.txt"), "--teacher", f"{server.url}?model=t", "--output",
-                 str(tmp_path / "x.json")]) == 2
+    assert main(["generate-data", "--input", str(tmp_path / "missing.txt"), "--teacher", f"{server.url}?model=t",
+                 "--output", str(tmp_path / "x.json")]) == 2
     assert "missing.txt: no such file" in capsys.readouterr().err
+
 
 
 def test_generation_with_the_tiny_engine_as_teacher(tiny_engine, tmp_path):

@@ -2,7 +2,7 @@
 
 The real trainer is slow, so the runner runs a small fake trainer written to tmp_path instead (via
 `command_builder`); its behaviour comes from the job config's extra["fake"]. The modes that report
-through JobReporter import `training.jobs` (and so torch, via `models`): a few seconds each.
+through JobReporter import `training.job_store` (and so torch, via `models`): a few seconds each.
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import pytest
 from kernel.errors import ArenaError
 from tests.helpers import wait_for
 from training.config import TrainConfig
-from training.jobs import (DIED, NO_ADAPTER, JobRunner, JobStore, job_command, last_error_line, process_alive,
-                           process_create_time, shell_command)
+from training.job_store import JobStore
+from training.jobs import NO_ADAPTER, JobRunner, job_command, shell_command
+from training.process_watch import DIED, last_error_line, process_alive, process_create_time
 
 FAKE_TRAINER = r'''
 import json, os, signal, subprocess, sys, time
@@ -48,7 +49,7 @@ if mode == "stubborn":  # like accelerate over a trainer that ignores CANCEL and
     child.wait()  # this "launcher" itself dies on SIGTERM; its child must not outlive the job
 
 sys.path.insert(0, os.getcwd())  # the runner's cwd is the repo root
-from training.jobs import JobReporter
+from training.job_store import JobReporter
 
 reporter = JobReporter(data_dir, job_id)
 reporter.running()
@@ -189,7 +190,25 @@ def test_cancel_queued_job_at_once(make_runner):
     runner = make_runner(on_finished=ended.append)  # not started: nothing runs
     job = runner.submit(fake_config("waiting", "succeed"))
     assert runner.cancel(job.id).status == "cancelled"
-    assert [j.id for j in ended] == [job.id]
+    wait_for(lambda: [j.id for j in ended] == [job.id], what="on_finished for the cancelled job")
+
+
+def test_a_finished_job_waiting_for_the_device_holds_up_no_other_job(make_runner, tiny_engine):
+    """The app's hook reloads a retrained adapter, which waits while a long generation holds the device;
+    meanwhile the next job still starts, and a cancel it ignores is still enforced."""
+    from app.server import _serve_new_adapter
+
+    serve, heard = _serve_new_adapter(tiny_engine), []
+    runner = make_runner(on_finished=lambda job: (heard.append(job.id), serve(job)), cancel_grace_s=0.3,
+                         kill_grace_s=0.3)
+    with tiny_engine.device.hold():  # the long generation
+        runner.start()
+        retrained = runner.submit(fake_config("a1", "succeed"))  # the engine serves an a1: the hook reloads it
+        wait_for(lambda: retrained.id in heard, what="the hook to be called")  # and it now waits for the device
+        stubborn = runner.submit(fake_config("stubborn", "stubborn"))
+        wait_for(lambda: runner.store.read_progress(stubborn.id), what="the next job to start")
+        runner.cancel(stubborn.id)
+        assert wait_until_ended(runner.store, stubborn.id, timeout=10).status == "cancelled"
 
 
 def test_killed_process_is_marked_died(make_runner):
@@ -208,13 +227,13 @@ def spawn_sleeper() -> subprocess.Popen:
 
 def test_restart_marks_jobs_that_died_unwatched(data_dir, make_runner):
     store = JobStore(data_dir)
-    oom = store.create(fake_config("oom", "sleep"))
+    oom = store.create(fake_config("oom", "sleep"), job_command)
     sleeper = spawn_sleeper()
     store.mark_running(oom.id, sleeper.pid, process_create_time(sleeper.pid))
     store.files(oom.id).log.write_text("step 3\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate\n")
     sleeper.kill()
     sleeper.wait()
-    reused = store.create(fake_config("reused", "sleep"))  # pid alive, but another process than recorded
+    reused = store.create(fake_config("reused", "sleep"), job_command)  # pid alive, but another process than recorded
     store.mark_running(reused.id, os.getpid(), process_create_time(os.getpid()) - 100)
 
     runner = make_runner()
@@ -265,7 +284,7 @@ def test_resume_links_to_the_old_job(data_dir):
 
 def test_command_line_and_shell_form(data_dir):
     store = JobStore(data_dir)
-    job = store.create(fake_config("cmd", "succeed"))
+    job = store.create(fake_config("cmd", "succeed"), job_command)
     command = job_command(job, store.data_dir, num_processes=2)
     assert command[:5] == [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2"]
     assert command[command.index("-m", 3):command.index("-m", 3) + 2] == ["-m", "training"]
@@ -278,7 +297,7 @@ def test_command_line_and_shell_form(data_dir):
 
 def test_store_basics_and_schema_guard(data_dir):
     store = JobStore(data_dir)
-    job = store.create(fake_config("basic", "succeed"))
+    job = store.create(fake_config("basic", "succeed"), job_command)
     assert store.files(job.id).config.is_file() and store.files(job.id).checkpoints.is_dir()
     assert store.get(job.id).config["name"] == "basic"
     assert store.update(job.id, error="note").error == "note"
@@ -297,7 +316,7 @@ def test_store_basics_and_schema_guard(data_dir):
 
 def test_read_metrics_tolerates_a_torn_last_line(data_dir):
     store = JobStore(data_dir)
-    job = store.create(fake_config("torn", "succeed"))
+    job = store.create(fake_config("torn", "succeed"), job_command)
     store.files(job.id).metrics.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
     assert [m["step"] for m in store.read_metrics(job.id)] == [1, 2]
     assert store.read_progress(job.id) is None and store.read_log_tail(job.id) == ""

@@ -22,9 +22,10 @@ from chat.turns import Column, answer_turn, drop_last_turn, model_messages, show
 from kernel.config import ArenaError, SamplingParams
 from models.prompts import build_prompt_ids
 from chat.search import (
-    DuckDuckGoProvider, SearchOutcome, SearchResult, SearxngProvider, StaticProvider, WebSearch,
-    augment_messages, augment_question, provider_from_settings, sources_markdown, sources_prompt,
+    DuckDuckGoProvider, SearchOutcome, SearchResult, SearxngProvider, WebSearch, augment_question,
+    provider_from_settings, sources_markdown, sources_prompt,
 )
+from tests.static_search import StaticProvider
 
 TODAY = datetime.date(2026, 11, 23)
 PARIS = [
@@ -135,43 +136,20 @@ def test_no_results_gives_a_notice():
     assert outcome.results == [] and "found nothing" in outcome.notice
 
 
-def test_augment_messages_puts_numbered_sources_and_the_date_into_the_prompt():
+def test_the_question_gets_numbered_sources_and_the_date_in_front():
     outcome = WebSearch(StaticProvider({"capital of france": PARIS})).search("capital of France")
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "capital of France"}]
-    augmented = augment_messages(messages, outcome, TODAY)
-    last = augmented[-1]["content"]
-    assert last.startswith("Today's date is 2026-11-23.")
-    assert "[1] Paris - Wikipedia (https://en.wikipedia.org/wiki/Paris)\nParis is the capital of France." in last
-    assert "[2] Visit Paris (https://www.parisinfo.com/)" in last
-    assert "cite them as [n]" in last
-    assert last.endswith("capital of France")
-    assert augmented[0] == {"role": "system", "content": "Be brief."}
-    assert messages[-1]["content"] == "capital of France"  # the caller's history is not changed
+    asked = augment_question("capital of France", outcome, TODAY)
+    assert asked.startswith("Today's date is 2026-11-23.")
+    assert "[1] Paris - Wikipedia (https://en.wikipedia.org/wiki/Paris)\nParis is the capital of France." in asked
+    assert "[2] Visit Paris (https://www.parisinfo.com/)" in asked
+    assert "cite them as [n]" in asked
+    assert asked.endswith("Question: capital of France")
 
 
-def test_every_column_gets_the_identical_prompt_from_one_search():
-    outcome = WebSearch(StaticProvider({"capital of france": PARIS})).search("capital of France")
-    messages = [{"role": "user", "content": "capital of France"}]
-    prompts = [augment_messages(messages, outcome, TODAY) for _column in ("base", "pirate", "lawyer")]
-    assert prompts[0] == prompts[1] == prompts[2]
-
-
-def test_sources_can_go_into_the_system_message_instead():
-    outcome = WebSearch(StaticProvider({"q": PARIS})).search("q")
-    with_system = augment_messages([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "q"}],
-                                   outcome, TODAY, where="system")
-    assert len(with_system) == 2
-    assert with_system[0]["content"].startswith("Be brief.\n\nToday's date is 2026-11-23.")
-    assert with_system[1] == {"role": "user", "content": "q"}
-    without_system = augment_messages([{"role": "user", "content": "q"}], outcome, TODAY, where="system")
-    assert without_system[0]["role"] == "system" and "[2] Visit Paris" in without_system[0]["content"]
-
-
-def test_without_results_the_messages_come_back_unchanged():
-    messages = [{"role": "user", "content": "hello"}]
+def test_without_results_the_question_comes_back_unchanged():
     failed = WebSearch(StaticProvider(error=RuntimeError("down"))).search("hello")
-    assert augment_messages(messages, failed, TODAY) == messages
-    assert augment_messages(messages, None, TODAY) == messages
+    assert augment_question("hello", failed, TODAY) == "hello"
+    assert augment_question("hello", None, TODAY) == "hello"
     assert sources_prompt(failed, TODAY) == ""
 
 
@@ -196,11 +174,6 @@ def test_sources_markdown_does_not_link_non_web_urls():
     assert "](javascript:" not in sources_markdown(odd)
 
 
-def test_augment_question_is_what_augment_messages_puts_in_the_last_user_message():
-    outcome = WebSearch(StaticProvider({"q": PARIS})).search("q")
-    assert augment_question("q", outcome, TODAY) == augment_messages([{"role": "user", "content": "q"}],
-                                                                    outcome, TODAY)[-1]["content"]
-    assert augment_question("q", None, TODAY) == "q"
 
 
 def test_model_messages_send_each_turn_as_it_was_sent_and_the_chat_shows_the_words():
@@ -245,7 +218,7 @@ def test_a_follow_up_turn_still_sends_the_first_turns_sources_to_every_column(ti
     _, sent = search_for_turn(search, "capital of France")
     columns = list(answer_turn(tiny_engine, columns, "capital of France", sent=sent))[-1]
     columns = list(answer_turn(tiny_engine, columns, "tell me more about [1]"))[-1]
-    tokenizer = tiny_engine.base.tokenizer
+    tokenizer = tiny_engine.tokenizer
     for column in columns:
         first_answer = column.history[1]["content"]
         expected = [{"role": "user", "content": sent}, {"role": "assistant", "content": first_answer},

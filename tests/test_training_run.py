@@ -22,7 +22,9 @@ from models import Engine, EngineConfig, SamplingParams
 from models.adapters import scan
 from tests.helpers import wait_for
 from training.config import TrainConfig
-from training.jobs import JobRunner, JobStore, latest_checkpoint, process_alive
+from training.job_store import JobStore, latest_checkpoint
+from training.jobs import JobRunner
+from training.process_watch import process_alive
 
 REPO = Path(__file__).resolve().parent.parent
 AHOY = REPO / "training" / "examples" / "ahoy_demo.json"
@@ -171,6 +173,7 @@ KILLED_SAVE = textwrap.dedent('''
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from kernel.data_dir import DataDir
     from training.trainer import save_adapter
 
     base, adapters, limit = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
@@ -181,7 +184,7 @@ KILLED_SAVE = textwrap.dedent('''
         signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    save_adapter(model, "ahoy", adapters, "tiny-llama", {"note": "never finished"}, adapters.parent / "trash")
+    save_adapter(model, "ahoy", DataDir(adapters.parent), "tiny-llama", {"note": "never finished"})
     print("saved: the size limit did not bite")
 ''')
 
@@ -291,7 +294,7 @@ def test_e_bad_input_is_one_clear_error_before_training(tmp_path, tiny_model_pat
     options = [o.replace("{tmp}", str(tmp_path)) for o in options]
     check = [] if case in THROUGH_TRAINING else ["--check"]
     run = train_command(data, "--dataset", dataset, "--name", "bad", "--base", tiny_model_path, *options, *check)
-    assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
+    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]  # kernel.cli: a user error exits 2
     last_line = run.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error:") and message in last_line, last_line
     assert "Traceback" not in run.stderr

@@ -91,13 +91,13 @@ def test_loose_files_with_a_card_serve_at_once(engine, a1, a1_answer, tmp_path):
 def test_same_name_is_refused_unless_replace(engine, a1, tmp_path):
     files = [a1 / "adapter_config.json", a1 / "adapter_model.safetensors"]
     install_adapter(engine, "dup", files)
-    before = listing(engine.config.adapters_dir)
+    before = listing(engine.config.paths.adapters)
     with pytest.raises(ArenaError, match=r"^adapter 'dup' already exists: delete it first or pick another name$"):
         install_adapter(engine, "dup", files)
-    assert listing(engine.config.adapters_dir) == before
+    assert listing(engine.config.paths.adapters) == before
     info = install_adapter(engine, "dup", files, replace=True)
-    assert info.status == "loaded" and listing(engine.config.adapters_dir) == before
-    assert any(p.name.startswith("dup-") for p in engine.config.trash_dir.iterdir()), "old copy goes to the trash"
+    assert info.status == "loaded" and listing(engine.config.paths.adapters) == before
+    assert any(p.name.startswith("dup-") for p in engine.config.paths.trash.iterdir()), "old copy goes to the trash"
 
 
 def test_refused_replacement_keeps_the_old_adapter(engine, a1, tmp_path):
@@ -165,11 +165,11 @@ REFUSED_ZIPS = {
 def test_bad_zip_is_refused_and_leaves_nothing(engine, a1, tmp_path, case):
     build, message = REFUSED_ZIPS[case]
     upload = build(tmp_path / "upload.zip", a1)
-    before = listing(engine.config.adapters_dir)
+    before = listing(engine.config.paths.adapters)
     with pytest.raises(ArenaError, match=message) as caught:
         install_adapter(engine, f"bad-{case}", [upload], max_bytes=2**20)
     assert "\n" not in str(caught.value)
-    assert listing(engine.config.adapters_dir) == before
+    assert listing(engine.config.paths.adapters) == before
     assert f"bad-{case}" not in {a.name for a in engine.adapters()}
 
 
@@ -177,17 +177,17 @@ def test_bad_zip_is_refused_and_leaves_nothing(engine, a1, tmp_path, case):
     ("../evil", r"may not contain"), ("base", r"reserved for the base model"), ("sp ace", r"must be 1-64 letters"),
 ])
 def test_bad_name_is_refused(engine, a1, name, message):
-    before = listing(engine.config.adapters_dir)
+    before = listing(engine.config.paths.adapters)
     with pytest.raises(ArenaError, match=message):
         install_adapter(engine, name, [a1 / "adapter_config.json", a1 / "adapter_model.safetensors"])
-    assert listing(engine.config.adapters_dir) == before
+    assert listing(engine.config.paths.adapters) == before
 
 
 def test_loose_upload_over_the_limit_is_refused(engine, a1):
-    before = listing(engine.config.adapters_dir)
+    before = listing(engine.config.paths.adapters)
     with pytest.raises(ArenaError, match=r"^the upload is \d+\.?\d* MB, more than the limit of 0\.0095 MB$"):
         install_adapter(engine, "big", [a1 / "adapter_config.json", a1 / "adapter_model.safetensors"], max_bytes=10_000)
-    assert listing(engine.config.adapters_dir) == before
+    assert listing(engine.config.paths.adapters) == before
 
 
 @pytest.mark.parametrize("pick, message", [
@@ -198,23 +198,25 @@ def test_loose_upload_over_the_limit_is_refused(engine, a1):
 ], ids=["no-weights", "zip-and-files", "nothing", "readme-only"])
 def test_wrong_file_sets_are_refused(engine, a1, tmp_path, pick, message):
     upload = make_zip(tmp_path / "a1.zip", adapter_entries(a1))
-    before = listing(engine.config.adapters_dir)
+    before = listing(engine.config.paths.adapters)
     with pytest.raises(ArenaError, match=message):
         install_adapter(engine, "wrong-set", pick(a1, upload))
-    assert listing(engine.config.adapters_dir) == before
+    assert listing(engine.config.paths.adapters) == before
 
 
-def test_adapter_that_peft_refuses_is_taken_back_out(engine, a1, tmp_path):
-    """Our checks pass (layer sizes fit) but the config's rank disagrees with the weights: PEFT itself fails."""
-    folder = tmp_path / "rank-lie"
+def test_adapter_that_peft_refuses_is_taken_back_out(tiny_model_path, a1, tmp_path):
+    """Our checks pass (layers, shapes and rank fit) but PEFT itself refuses an option of the config. Only the
+    reference backend asks PEFT; the batched one reads the weights itself, so the engine here is the reference."""
+    engine = Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=tmp_path / "data", backend="hf"))
+    folder = tmp_path / "init-lie"
     shutil.copytree(a1, folder)
     config = json.loads((folder / "adapter_config.json").read_text())
-    config["r"] = 4  # the weights are rank 8
+    config["init_lora_weights"] = "bogus"  # PEFT knows true, false and named methods such as "gaussian"
     (folder / "adapter_config.json").write_text(json.dumps(config))
-    before = listing(engine.config.adapters_dir)
+    before = listing(engine.config.paths.adapters)
     with pytest.raises(ArenaError, match=r"^adapter 'peft-fails' could not be loaded: PEFT could not load it: "):
         install_adapter(engine, "peft-fails", [folder / "adapter_config.json", folder / "adapter_model.safetensors"])
-    assert listing(engine.config.adapters_dir) == before
+    assert listing(engine.config.paths.adapters) == before
     assert "peft-fails" not in {a.name for a in engine.adapters()}
     assert engine.generate("base", "Hi", params=SamplingParams(max_new_tokens=3)).stats.new_tokens == 3
 

@@ -11,11 +11,12 @@ import dataclasses
 import os
 import sys
 
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
+from kernel.cli import Parser, quiet_libraries, run_command
+from kernel.data_dir import DataDir, resolve_data_dir
+from kernel.errors import ArenaError
 
-from kernel.config import ArenaError, resolve_data_dir  # noqa: E402
-
-from .config import TrainConfig  # noqa: E402
+quiet_libraries(transformers="warning")  # a training log keeps transformers' warnings: they explain failures
+from .config import TrainConfig  # noqa: E402  (loads transformers)
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +36,11 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=field.name, default=None)
 
 
+PROG = "python -m training"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="a job.yaml; options given here override it")
     parser.add_argument("--data-dir", default=None, help="default $ARENA_DATA_DIR or ./arena_data")
     parser.add_argument("--job-id", default=None, help="(set by the app) the job record to report to")
@@ -63,9 +67,10 @@ def register_headless(cfg: TrainConfig, data_dir) -> str:
     creates it and tells the others its id: every rank checkpoints into, and watches CANCEL in,
     that job's folder (else the other ranks would train into a temp folder and never see a cancel)."""
     from .job_store import JobStore
+    from .jobs import job_command
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return JobStore(data_dir).create(cfg).id
+        return JobStore(data_dir).create(cfg, job_command).id
     from datetime import timedelta
 
     import torch
@@ -74,57 +79,57 @@ def register_headless(cfg: TrainConfig, data_dir) -> str:
 
     # The process group the Trainer would start anyway, with TrainingArguments' default ddp_timeout.
     PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=1800))
-    box = [JobStore(data_dir).create(cfg).id if is_main_process() else None]
+    box = [JobStore(data_dir).create(cfg, job_command).id if is_main_process() else None]
     return broadcast_object_list(box, from_process=0)[0]
+
+
+def run_job(args: argparse.Namespace, reporters: list) -> None:
+    """Check, or train and report to the job's record; the reporter goes into `reporters` once there is one."""
+    data_dir = resolve_data_dir(args.data_dir)
+    cfg = build_config(args)
+    from .check import check_targets
+
+    check_targets(cfg, DataDir(data_dir).models)  # before a job record exists: a typo leaves none behind
+    if args.check:
+        from .check import print_check
+
+        print_check(cfg, data_dir)
+        return
+    from .job_store import JobReporter, latest_checkpoint
+    from .trainer import train
+
+    if args.job_id is None:  # headless
+        args.job_id = register_headless(cfg, data_dir)
+    reporter = None
+    if is_main_process():
+        reporter = JobReporter(data_dir, args.job_id)
+        reporters.append(reporter)
+        reporter.running()
+    job_folder = DataDir(data_dir).job(args.job_id) if args.job_id else None
+    resume_from = None
+    if args.resume:
+        resume_from = latest_checkpoint(cfg.extra.get("resume_from", ""))
+        if resume_from is None:
+            raise ArenaError(f"no checkpoint to resume from in {cfg.extra.get('resume_from')}")
+    adapter = train(cfg, data_dir, reporter=reporter, resume_from=resume_from, output_dir=job_folder)
+    if reporter is not None:
+        if adapter is None:
+            reporter.cancelled()
+            print("cancelled: the last checkpoint is kept; resume the job to continue")
+        else:
+            reporter.succeeded(adapter)
+            print(f"adapter saved to {adapter}")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    reporter = None
-    try:
-        data_dir = resolve_data_dir(args.data_dir)
-        cfg = build_config(args)
-        if args.check:
-            from .check import print_check
+    reporters = []  # the job's record hears why the command failed, once the job has one
 
-            print_check(cfg, data_dir)
-            return 0
-        from .job_store import JobReporter, latest_checkpoint
-        from .trainer import train
-
-        if args.job_id is None:  # headless
-            args.job_id = register_headless(cfg, data_dir)
-        if is_main_process():
-            reporter = JobReporter(data_dir, args.job_id)
-            reporter.running()
-        job_folder = data_dir / "jobs" / args.job_id if args.job_id else None
-        resume_from = None
-        if args.resume:
-            resume_from = latest_checkpoint(cfg.extra.get("resume_from", ""))
-            if resume_from is None:
-                raise ArenaError(f"no checkpoint to resume from in {cfg.extra.get('resume_from')}")
-        adapter = train(cfg, data_dir, reporter=reporter, resume_from=resume_from, output_dir=job_folder)
-        if reporter is not None:
-            if adapter is None:
-                reporter.cancelled()
-                print("cancelled: the last checkpoint is kept; resume the job to continue")
-            else:
-                reporter.succeeded(adapter)
-                print(f"adapter saved to {adapter}")
-    except ArenaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if reporter is not None:
-            reporter.failed(str(exc))
-        return 1
-    except KeyboardInterrupt:
-        if reporter is not None:
-            reporter.failed("interrupted")
-        return 130
-    except Exception as exc:
-        if reporter is not None:
-            reporter.failed(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        raise
-    return 0
+    def failed(reason: str) -> None:
+        for reporter in reporters:
+            reporter.failed(reason)
+    return run_command(lambda: run_job(args, reporters), interrupted="interrupted: resume the job to continue",
+                       on_failure=failed)
 
 
 if __name__ == "__main__":

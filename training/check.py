@@ -5,11 +5,13 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoTokenizer
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from kernel.errors import first_line
+from kernel.data_dir import DataDir
+from kernel.errors import ArenaError, first_line
+from models.adapters import targets_reason
 from models.base import hub_offline, resolve_base
-from kernel.errors import ArenaError
 
 from .config import TrainConfig
 from .data import load_dataset, split_examples
@@ -33,9 +35,34 @@ def load_tokenizer(base: str, models_dir: Path):
         raise ArenaError(f"cannot load the tokenizer of '{base}': {first_line(exc)}") from None
 
 
+def base_modules(base: str, models_dir: Path) -> dict[str, torch.nn.Module]:
+    """The base's layers by name, built on the meta device from its config: no weight is read or held."""
+    _, source = resolve_base(base, models_dir)
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=hub_offline())
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError) as exc:
+        raise ArenaError(f"cannot read the config of base '{base}': {first_line(exc)}") from None
+    return dict(model.named_modules())
+
+
+def check_targets(cfg: TrainConfig, models_dir: Path) -> None:
+    """Every target module must name layers of the base LoRA can wrap: a typo is refused here, before
+    a job is registered and a process started, not by PEFT minutes later."""
+    targets = cfg.target_list()
+    if cfg.init_adapter or isinstance(targets, str):  # a later stage keeps its adapter's targets; presets
+        return
+    reason = targets_reason(targets, base_modules(cfg.base, models_dir))
+    if reason:
+        raise ArenaError(f"training config: {reason}")
+
+
 def check_dataset(cfg: TrainConfig, data_dir: Path, tokenizer=None) -> CheckResult:
     """Everything a job would refuse is raised here as ArenaError, before any process starts."""
-    tokenizer = tokenizer or load_tokenizer(cfg.base, Path(data_dir) / "models")
+    models_dir = DataDir(data_dir).models
+    check_targets(cfg, models_dir)
+    tokenizer = tokenizer or load_tokenizer(cfg.base, models_dir)
     examples, report = load_dataset(cfg.dataset, cfg.format)
     if cfg.validation_file:
         validation, _ = load_dataset(cfg.validation_file, cfg.format)

@@ -11,8 +11,9 @@ from pathlib import Path
 import yaml
 
 from models.adapters import validate_name
-from kernel.errors import ArenaError
-from kernel.jsonl import atomic_write_text
+from kernel.config import MAX_SEED, valid_seed
+from kernel.errors import ArenaError, first_line
+from kernel.files import atomic_write_text, read_text
 
 FORMATS = ("auto", "text", "alpaca", "sharegpt", "messages", "prompt_completion")
 METHODS = ("lora", "rslora", "dora", "qlora")
@@ -20,7 +21,12 @@ TARGET_PRESETS = {
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],  # the TinyLlama seed run's choice
     "all-linear": "all-linear",
 }
+MAX_CONFIG_BYTES = 2**20  # a job file is a page of options
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+# What each annotation accepts, and how to say it (an int is a float too; a bool is not an int here).
+FIELD_TYPES = {"str": ((str,), "text"), "int": ((int,), "a whole number"), "float": ((int, float), "a number"),
+               "bool": ((bool,), "true or false"), "dict": ((dict,), "a mapping"),
+               "str | None": ((str, type(None)), "text or empty"), "str | list[str]": ((str, list), "text or a list")}
 
 
 @dataclass
@@ -64,6 +70,7 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        self.check_types()
         validate_name(self.name)
         checks = [
             (self.format in FORMATS, f"format must be one of {', '.join(FORMATS)}"),
@@ -81,11 +88,22 @@ class TrainConfig:
             (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be at least 1"),
             (self.eval_every >= 1, "eval_every must be at least 1"),
             (self.early_stopping_patience >= 0, "early_stopping_patience must be 0 (off) or more"),
+            (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
+            (self.logging_steps >= 1, "logging_steps must be at least 1"),
+            (valid_seed(self.seed), f"seed must be a whole number from 0 to {MAX_SEED}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ArenaError(f"training config: {message}")
         self.target_list()
+
+    def check_types(self) -> None:
+        """A job file is typed by hand: `rank: "16"` gets a line naming the field, not a TypeError later."""
+        for f in fields(self):
+            value, (kinds, wanted) = getattr(self, f.name), FIELD_TYPES.get(str(f.type), ((object,), ""))
+            if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+                continue
+            raise ArenaError(f"training config: {f.name} must be {wanted}, not {type(value).__name__}")
 
     def target_list(self) -> str | list[str]:
         """Module names for PEFT: a preset expanded, or the user's list."""
@@ -95,6 +113,8 @@ class TrainConfig:
             names = [t.strip() for t in self.target_modules.split(",") if t.strip()]
         else:
             names = list(self.target_modules)
+        if not all(isinstance(n, str) and n.strip() for n in names):
+            raise ArenaError("training config: target_modules must be module names (text)")
         if not names:
             raise ArenaError("training config: target_modules is empty")
         return names
@@ -124,31 +144,14 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
         path = Path(path)
-        if not path.is_file():
-            raise ArenaError(f"{path}: no such config file")
+        text = read_text(path, "config file", max_bytes=MAX_CONFIG_BYTES)
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ArenaError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            values = yaml.safe_load(text) or {}
+        except (yaml.YAMLError, RecursionError) as exc:
+            raise ArenaError(f"{path}: not valid YAML ({first_line(exc)})") from None
         if not isinstance(values, dict):
             raise ArenaError(f"{path}: expected a mapping of option: value")
         return cls.from_dict(values, where=str(path))
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
-
-    def cli_args(self) -> list[str]:
-        """The same job as command-line options (what the UI shows beside the accelerate command)."""
-        args = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "extra" or value == f.default or value is None:
-                continue
-            flag = "--" + f.name.replace("_", "-")
-            if isinstance(value, bool):
-                args += [flag] if value else [f"--no-{f.name.replace('_', '-')}"]
-            elif isinstance(value, list):
-                args += [flag, ",".join(value)]
-            else:
-                args += [flag, str(value)]
-        return args

@@ -21,9 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kernel.errors import ArenaError
+from kernel.files import BadRow, read_rows, too_long
 from training.config import FORMATS
-from training.files import BadRow, read_rows
 
+JSON_CELLS = ("conversations", "messages", "history", "tools")  # CSV columns that may hold JSON text
+# One row's text, more than any max_length can use (131072 tokens); training reads at most what
+# max_length needs of it anyway (training.encoding.cut_to_fit).
+MAX_ROW_CHARS = 2**20
 MAX_BAD_ROWS = 50  # enough to see a pattern; a million bad rows would bloat the report
 DETECT_ROWS = 20  # the format is the most common one among the first rows that have one
 # The key that marks each format; a row with several is read as the first one listed.
@@ -52,7 +56,11 @@ class Example:
 
 @dataclass
 class TokenStats:
-    """Lengths in tokens of the kept rows, as the chat template renders them, before truncation."""
+    """Lengths in tokens of the kept rows, as the chat template renders them, before truncation.
+
+    A row cut before tokenising (training.encoding.cut_to_fit) counts with its cut length, which is
+    still over max_length.
+    """
 
     max_length: int
     rows: int = 0
@@ -250,6 +258,21 @@ def check_messages(messages: list[dict]) -> list[dict]:
     return messages
 
 
+def text_size(value: object) -> int:
+    """Characters of every string in a parsed row, keys included (a loop, not recursion: rows nest)."""
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return total
+
+
 def convert_row(row: object, fmt: str, auto: bool) -> list[dict] | str:
     """Messages (or plain text) for one row, or BadRow raised with the reason."""
     if isinstance(row, BadRow):
@@ -258,6 +281,9 @@ def convert_row(row: object, fmt: str, auto: bool) -> list[dict] | str:
         raise BadRow("not a dict", f"row is {type(row).__name__}, expected an object")
     if not row:
         raise BadRow("empty", "no fields")
+    size = text_size(row)
+    if size > MAX_ROW_CHARS:
+        raise BadRow("row too large", too_long(size, MAX_ROW_CHARS))
     if "chosen" in row and "rejected" in row:
         raise BadRow("preference pair", "chosen/rejected rows are for preference training, not LoRA SFT")
     found = detect_row_format(row)
@@ -276,7 +302,7 @@ def load_dataset(path: str | Path, format: str = "auto") -> tuple[list[Example],
     path = Path(path)
     if format not in FORMATS:
         raise ArenaError(f"unknown dataset format '{format}': use one of {', '.join(FORMATS)}")
-    rows = read_rows(path)
+    rows = read_rows(path, JSON_CELLS)
     if not rows:
         raise ArenaError(f"{path}: no rows")
     fmt = detect_format(rows, path) if format == "auto" else format

@@ -13,6 +13,7 @@ or `pack` fills blocks of max_length with whole examples.
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 import statistics
@@ -21,11 +22,13 @@ from dataclasses import dataclass
 
 import torch
 
-from kernel.errors import ArenaError
+from kernel.errors import ArenaError, first_line
+from kernel.files import BadRow
+from models.prompts import max_token_chars
 from training.data import DatasetReport, Example, TokenStats
-from training.files import BadRow
 
 IGNORE = -100  # the label PyTorch's cross-entropy skips
+CUT_SLACK_TOKENS = 8  # a cut may change how the word it falls in is tokenised: keep some tokens' worth more
 
 
 @dataclass(eq=False)
@@ -120,8 +123,12 @@ def fit_to_template(tokenizer, messages: list[dict]) -> list[dict]:
 
 # ----- labels ----------------------------------------------------------------------------------
 
-def chat_tokens(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]:
-    """Token ids of the whole conversation and, per token, whether it belongs to an assistant answer."""
+def chat_tokens(tokenizer, messages: list[dict], max_length: int | None = None) -> tuple[list[int], list[bool]]:
+    """Token ids of the whole conversation and, per token, whether it belongs to an assistant answer.
+
+    Answers that start past max_length are not looked for: truncation cuts them anyway, and each look
+    renders the conversation up to it again (quadratic in the number of turns).
+    """
     messages = fit_to_template(tokenizer, messages)
     full_text = render(tokenizer, messages)
     enc = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
@@ -137,6 +144,8 @@ def chat_tokens(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]
             raise BadRow("chat template mismatch", f"message {i + 1} does not render as a prefix")
         first, stop = answer_span(start, end, message["content"], full_text, ids, offsets, specials)
         answer[first:stop] = [True] * (stop - first)
+        if max_length is not None and end >= max_length:
+            break
     return ids, answer
 
 
@@ -162,19 +171,47 @@ def answer_span(start, end, content, full_text, ids, offsets, specials) -> tuple
     return first, end  # no special end-of-turn (plain transcript): what follows the answer ends it
 
 
-def full_encoding(example: Example, tokenizer, loss_on: str = "assistant") -> tuple[list[int], list[int]]:
-    """Untruncated (input_ids, labels) of one example."""
+def cut_to_fit(example: Example, max_length: int, token_chars: int) -> Example:
+    """The example without what lies past its first max_length tokens, found before tokenising.
+
+    No token stands for more than `token_chars` characters and every message is at least one token,
+    so text past (max_length + slack) * token_chars characters, or past that many messages, is not
+    among the first max_length tokens. Cut there, a row keeps those tokens as they were and is still
+    over max_length, so it is truncated (or dropped) as before; a 10 MB row costs what max_length
+    costs rather than 5 million tokens.
+    """
+    budget = (max_length + CUT_SLACK_TOKENS) * token_chars
+    if example.text is not None:
+        return example if len(example.text) <= budget else dataclasses.replace(example, text=example.text[:budget])
+    if sum(len(m["content"]) for m in example.messages) <= budget and len(example.messages) <= max_length:
+        return example
+    kept = []
+    for message in example.messages[:max_length + CUT_SLACK_TOKENS]:
+        if budget <= 0:
+            break
+        kept.append({**message, "content": message["content"][:budget]})
+        budget -= len(kept[-1]["content"])
+    if not any(m["role"] == "assistant" for m in kept):
+        raise BadRow("prompt longer than max_length", f"over {max_length} tokens before the first answer")
+    return dataclasses.replace(example, messages=kept)
+
+
+def full_encoding(example: Example, tokenizer, loss_on: str = "assistant", max_length: int | None = None,
+                  token_chars: int | None = None) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one example: whole, or enough of it for max_length (see cut_to_fit)."""
+    if max_length is not None:
+        example = cut_to_fit(example, max_length, token_chars or max_token_chars(tokenizer))
     if example.text is not None:  # plain text: every token carries loss, and EOS ends the document
         ids = token_ids(tokenizer, example.text)
         if tokenizer.eos_token_id is not None:
             ids.append(tokenizer.eos_token_id)
         return ids, list(ids)
     try:
-        ids, answer = chat_tokens(tokenizer, example.messages)
+        ids, answer = chat_tokens(tokenizer, example.messages, max_length)
     except BadRow:
         raise
     except Exception as exc:  # noqa: BLE001 - a template's own error, e.g. roles it refuses
-        raise BadRow("chat template error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise BadRow("chat template error", first_line(exc))
     if loss_on == "all":
         return ids, list(ids)
     return ids, [t if keep else IGNORE for t, keep in zip(ids, answer)]
@@ -199,7 +236,7 @@ def encode(example: Example, tokenizer, max_length: int, loss_on: str = "assista
     """One example as training sees it; None when it cannot train (encode_all reports why)."""
     check_options(loss_on, overlong)
     try:
-        ids, labels = full_encoding(example, tokenizer, loss_on)
+        ids, labels = full_encoding(example, tokenizer, loss_on, max_length)
         return fit_length(ids, labels, example.row, max_length, overlong)
     except BadRow:
         return None
@@ -223,9 +260,10 @@ def encode_all(examples: list[Example], tokenizer, max_length: int = 512, loss_o
     if report is None:
         report = DatasetReport(path="", format="", rows_total=len(examples), rows_kept=len(examples))
     stats, encoded, lengths = TokenStats(max_length=max_length), [], []
+    token_chars = max_token_chars(tokenizer)
     for example in examples:
         try:
-            ids, labels = full_encoding(example, tokenizer, loss_on)
+            ids, labels = full_encoding(example, tokenizer, loss_on, max_length, token_chars)
             lengths.append(len(ids))
             stats.over_max_length += len(ids) > max_length
             item = fit_length(ids, labels, example.row, max_length, overlong)
@@ -272,10 +310,10 @@ def loss_runs(tokenizer, item: Encoded) -> list[tuple[bool, str]]:
 def preview(examples: list[Example], tokenizer, n: int = 3, max_length: int = 512,
             loss_on: str = "assistant", overlong: str = "truncate") -> str:
     """HTML: the first n rows exactly as training sees them, tokens that carry loss in <mark>."""
-    parts = []
+    parts, token_chars = [], max_token_chars(tokenizer)
     for example in examples[:n]:
         try:
-            ids, labels = full_encoding(example, tokenizer, loss_on)
+            ids, labels = full_encoding(example, tokenizer, loss_on, max_length, token_chars)
             item = fit_length(ids, labels, example.row, max_length, overlong)
         except BadRow as bad:
             parts.append(f"<h4>row {example.row}: not trained ({html.escape(str(bad))})</h4>")

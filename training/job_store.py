@@ -15,21 +15,20 @@ import re
 import secrets
 import sqlite3
 import time
-from contextlib import closing
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 from kernel import sqlite_store
+from kernel.clock import utc_now_iso
+from kernel.data_dir import DataDir
 from kernel.errors import ArenaError
-from kernel.jsonl import atomic_write_text
+from kernel.files import append_record, atomic_write_text, complete_records
 from training.config import TrainConfig
 from training.process_watch import (LOG_TAIL_LINES, died_reason, one_line, process_alive, process_create_time,
                                     tail_lines)
 
 
-JOBS_FILENAME = "jobs.sqlite"
 SCHEMA_VERSION = 1
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -94,16 +93,12 @@ class JobFiles:
 
     @classmethod
     def of(cls, data_dir: str | Path, job_id: str) -> "JobFiles":
-        folder = Path(data_dir) / "jobs" / job_id
+        folder = DataDir(data_dir).job(job_id)
         return cls(folder, folder / "job.yaml", folder / "train.log", folder / "metrics.jsonl",
                    folder / "progress.json", folder / "checkpoints", folder / "CANCEL")
 
 
 # ----- small helpers ------------------------------------------------------------------------------
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
 
 def new_job_id() -> str:
     """Sorts by creation time; the random tail keeps two jobs of the same second apart."""
@@ -119,23 +114,6 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def read_json_lines(path: Path) -> list[dict]:
-    """Every complete record; a line still being written (or torn by a kill) is skipped."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return []
-    records = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 # ----- the store ----------------------------------------------------------------------------------
 
 class JobStore:
@@ -143,9 +121,10 @@ class JobStore:
 
     def __init__(self, data_dir: str | Path):
         self.data_dir = Path(data_dir).expanduser().resolve()  # absolute: the command runs in the repo root
-        self.path = self.data_dir / JOBS_FILENAME
+        self.paths = DataDir(self.data_dir)
+        self.path = self.paths.jobs_db
         try:
-            (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
+            self.paths.jobs.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ArenaError(f"cannot create jobs folder in {self.data_dir}: {exc.strerror}") from None
         self._migrate()
@@ -153,14 +132,9 @@ class JobStore:
     def files(self, job_id: str) -> JobFiles:
         return JobFiles.of(self.data_dir, job_id)
 
-    def create(self, config: TrainConfig, resume_of: str | None = None,
-               command_builder: CommandBuilder | None = None) -> Job:
-        """A queued job: its folder and job.yaml are written before it is visible to the scheduler.
-        Without a command builder it records the runner's default command, so a headless job can rerun."""
-        if command_builder is None:
-            from training.jobs import job_command  # the runner's module imports this one
-
-            command_builder = job_command
+    def create(self, config: TrainConfig, command_builder: CommandBuilder, resume_of: str | None = None) -> Job:
+        """A queued job: its folder and job.yaml are written before it is visible to the scheduler. The command
+        that runs it (`training.jobs.job_command` unless a test says otherwise) is recorded, so it can rerun."""
         config.validate()
         job = Job(id=new_job_id(), name=config.name, status="queued", config=config.to_dict(),
                   created=utc_now_iso(), resume_of=resume_of)
@@ -230,7 +204,7 @@ class JobStore:
     # progress, for the UI
 
     def read_metrics(self, job_id: str) -> list[dict]:
-        return read_json_lines(self.files(job_id).metrics)
+        return complete_records(self.files(job_id).metrics)[0]
 
     def read_progress(self, job_id: str) -> dict | None:
         try:
@@ -270,7 +244,7 @@ class JobStore:
                 raise ArenaError(f"{self.path}: job {record['id']} has unreadable {name}") from None
         return Job(**record)
 
-    def _connect(self) -> closing[sqlite3.Connection]:
+    def _connect(self) -> ContextManager[sqlite3.Connection]:
         return sqlite_store.connect(self.path, "job store")
 
     def _migrate(self) -> None:
@@ -299,11 +273,7 @@ class JobReporter:
         atomic_write_text(self.files.progress, json.dumps({"time": time.time(), **values}, default=str))
 
     def metric(self, values: dict) -> None:
-        """One whole line per write, so a reader sees at most a torn last line."""
-        line = json.dumps({"time": time.time(), **values}, ensure_ascii=False, default=str) + "\n"
-        with open(self.files.metrics, "a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
+        append_record(self.files.metrics, {"time": time.time(), **values})
 
     def cancel_requested(self) -> bool:
         return self.files.cancel_flag.exists()

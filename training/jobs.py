@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shlex
 import signal
 import subprocess
@@ -24,18 +25,18 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+from kernel.clock import utc_now_iso
 from kernel.errors import ArenaError
 from training.config import TrainConfig
 
-# The store's names are re-exported: callers import them from here as well as from job_store.
-from .job_store import (ACTIVE, FINAL, STATUSES, CommandBuilder, Job, JobFiles, JobReporter, JobStore,  # noqa: F401
-                        latest_checkpoint, read_json_lines, utc_now_iso)
-from .process_watch import DIED, died_reason, last_error_line, process_alive, process_create_time, tail_lines  # noqa: F401
+from .job_store import ACTIVE, CommandBuilder, Job, JobFiles, JobStore, latest_checkpoint
+from .process_watch import died_reason, last_error_line, process_alive, process_create_time, tail_lines
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # holds the `training` package: the command's cwd
 NO_ADAPTER = "process exited without saving the adapter"
+HOOK_IDLE_S = 5.0  # how long the hook's thread waits for the next finished job before it ends
 
 
 # ----- small helpers ------------------------------------------------------------------------------
@@ -109,6 +110,40 @@ class Watch:
         return not process_alive(self.pid, self.pid_started), None
 
 
+class FinishedHook:
+    """Calls the app's hook for each finished job, in the order they finished, on a thread of its own: the hook
+    may wait long (reloading an adapter waits for the device while a generation runs), and meanwhile the
+    scheduler must go on starting jobs and enforcing cancels."""
+
+    def __init__(self, hook: Callable[[Job], None]):
+        self.hook = hook
+        self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def send(self, job: Job) -> None:
+        with self._lock:
+            self._jobs.put(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="training-jobs-finished", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=HOOK_IDLE_S)
+            except queue.Empty:
+                with self._lock:  # send() starts a new thread for a job that comes after this check
+                    if self._jobs.empty():
+                        self._thread = None
+                        return
+                continue
+            try:
+                self.hook(job)
+            except Exception:  # the app's hook failing must not stop later notices
+                log.exception("on_finished hook failed for training job %s", job.id)
+
+
 class JobRunner:
     """Starts queued jobs in the background, at most `max_parallel` at once, and records how they end."""
 
@@ -118,7 +153,7 @@ class JobRunner:
         self.store = JobStore(data_dir)
         self.max_parallel = max_parallel
         self.command_builder = command_builder or partial(job_command, num_processes=num_processes)
-        self.on_finished = on_finished
+        self.on_finished = FinishedHook(on_finished) if on_finished is not None else None
         self.cancel_grace_s, self.kill_grace_s = cancel_grace_s, kill_grace_s
         self.poll_interval_s = poll_interval_s
         self._watches: dict[str, Watch] = {}  # only the scheduler thread touches it
@@ -147,7 +182,7 @@ class JobRunner:
         if busy:
             raise ArenaError(f"adapter '{config.name}' is already being trained (job {busy[0]}); "
                              "wait for it or cancel it first")
-        job = self.store.create(config, resume_of, self.command_builder)
+        job = self.store.create(config, self.command_builder, resume_of)
         self._wake.set()
         return job
 
@@ -269,12 +304,9 @@ class JobRunner:
         return "failed", NO_ADAPTER
 
     def _adapter_dir(self, job: Job) -> Path:
-        return self.store.data_dir / "adapters" / job.name
+        return self.store.paths.adapter(job.name)
 
     def _notify(self, job: Job) -> Job:
         if self.on_finished is not None:
-            try:
-                self.on_finished(job)
-            except Exception:  # the app's hook failing must not stop the scheduler
-                log.exception("on_finished hook failed for training job %s", job.id)
+            self.on_finished.send(job)  # never run here: the scheduler thread must not wait for the hook
         return job

@@ -28,6 +28,6 @@ def check_device_memory(cfg: TrainConfig, engine) -> None:
     if not torch.cuda.is_available():
         return
     free, _ = torch.cuda.mem_get_info()
-    reason = verdict(free, estimate_bytes(cfg, engine.base.parameters))
+    reason = verdict(free, estimate_bytes(cfg, engine.base_parameters))
     if reason:
         raise ArenaError(reason)

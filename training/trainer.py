@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, Trainer, TrainingArguments
 
+from kernel.data_dir import DataDir
+from kernel.errors import ArenaError, first_line
 from models import adapters as registry
-from kernel.errors import first_line
 from models.base import LoadedBase, hub_offline, resolve_base
-from kernel.errors import ArenaError
 
 from .callbacks import ProgressCallback
 from .config import TrainConfig
@@ -146,8 +146,9 @@ def train(cfg: TrainConfig, data_dir: Path, reporter=None, resume_from: Path | N
     """Run the whole job; returns the adapter folder, or None when it was cancelled."""
     started = time.time()
     torch.manual_seed(cfg.seed)
-    base_name, model, tokenizer = load_for_training(cfg, data_dir / "models")
-    start = starting_adapter(cfg, data_dir / "adapters", base_name, model)
+    paths = DataDir(data_dir)
+    base_name, model, tokenizer = load_for_training(cfg, paths.models)
+    start = starting_adapter(cfg, paths.adapters, base_name, model)
     data = prepare_data(cfg, tokenizer)
     model = add_lora(model, cfg, start)
     trainable, total = model.get_nb_trainable_parameters()
@@ -168,7 +169,7 @@ def train(cfg: TrainConfig, data_dir: Path, reporter=None, resume_from: Path | N
     if progress.cancelled:
         return None
     card = make_card(cfg, base_name, data, trainer, trainable, total, time.time() - started)
-    return save_adapter(model, cfg.name, data_dir / "adapters", base_name, card, data_dir / "trash", full_state)
+    return save_adapter(model, cfg.name, paths, base_name, card, full_state)
 
 
 def _tokens_per_step(train: list, args: TrainingArguments) -> float:
@@ -217,14 +218,15 @@ def peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
 
 
-def save_adapter(model, name: str, adapters_dir: Path, base_name: str, card: dict, trash_dir: Path,
+def save_adapter(model, name: str, paths: DataDir, base_name: str, card: dict,
                  state_dict: dict | None = None) -> Path:
     """Write into a dot folder (the registry ignores those), then rename: never a half adapter."""
+    adapters_dir = paths.adapters
     adapters_dir.mkdir(parents=True, exist_ok=True)
     for stale in adapters_dir.glob(f".saving-{name}-*"):  # left by a save that was killed
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".saving-{name}-", dir=adapters_dir))
-    final = adapters_dir / name
+    final = paths.adapter(name)
     try:
         model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         config_path = tmp / "adapter_config.json"
@@ -233,8 +235,7 @@ def save_adapter(model, name: str, adapters_dir: Path, base_name: str, card: dic
         config_path.write_text(json.dumps(config, indent=2))
         (tmp / "arena_card.json").write_text(json.dumps(card, indent=2, default=str))
         if final.exists():  # retrained under the same name: keep the old one in the trash
-            trash_dir.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(final), trash_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            paths.move_to_trash(final)
         os.replace(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
