@@ -215,9 +215,10 @@ class Scheduler:
         now = time.perf_counter()
         row = 0
         for job, count, targets in uses:
-            if job.row is None:
+            # A chunk cut short by a shorter job's width may hold none of a scoring job's continuation.
+            if job.row is None and count:
                 picked = torch.log_softmax(logits[row:row + count].float(), dim=-1)
-                values = picked[torch.arange(count), torch.tensor(targets, device=self.device)]
+                values = picked[torch.arange(count), torch.tensor(targets, dtype=torch.long, device=self.device)]
                 job.logprob += float(values.sum())
                 if job.top >= 0:
                     job.token_scores += zip(values.tolist(), top_tokens(picked, job.top))
