@@ -51,7 +51,8 @@ def list_variants(engine: Engine) -> None:
     for adapter in engine.adapters():
         detail = adapter.reason if adapter.status == "failed" else f"r={adapter.rank} alpha={adapter.alpha}"
         served = f"  [{adapter.served_by}]" if adapter.served_by else ""
-        print(f"{adapter.status:<9} {adapter.name}  {detail}{served}")
+        carries = f"  carries {adapter.to_row()['carries']}" if adapter.carries else ""
+        print(f"{adapter.status:<9} {adapter.name}  {detail}{carries}{served}")
     if not engine.adapters():
         print(f"(no adapters in {', '.join(str(d) for d in engine.adapter_dirs)})")
 
