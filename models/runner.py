@@ -58,8 +58,8 @@ class HFRunner:
 
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
         """Sum of log-probabilities of each continuation's tokens after its prompt, in one padded forward pass."""
-        rows = [prompt + option for prompt, option in pairs]
-        width = max(len(r) for r in rows)
+        sequences = [prompt + continuation for prompt, continuation in pairs]
+        width = max(len(r) for r in sequences)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in sequences], device=self.device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in sequences], device=self.device)
@@ -67,7 +67,7 @@ class HFRunner:
             logits = self.base_model(input_ids=ids, attention_mask=mask).logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
         scores = []
-        for row, (prompt, option) in enumerate(pairs):
+        for row, (prompt, continuation) in enumerate(pairs):
             # the token at position p is predicted by the logits at p - 1
             positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(continuation), device=self.device)
             targets = torch.tensor(continuation, device=self.device)
