@@ -10,6 +10,7 @@
       votes.sqlite               Arena and Compare votes
       jobs.sqlite, jobs/<id>/    training jobs and each one's config, log, metrics and checkpoints
       eval.sqlite                evaluation answers, reused when nothing they depend on changed
+      adapter_decisions.json     "serve anyway" / "do not serve" per adapter whose named base is another model
       evaluations/<time>-<suite>/  one evaluation run: its answers and reports
 
 DATA is --data-dir, else $ARENA_DATA_DIR, else ./arena_data (`resolve_data_dir`).
@@ -87,6 +88,11 @@ class DataDir:
         return self.root / "evaluations"
 
     # databases
+    @property
+    def adapter_decisions(self) -> Path:
+        """The user's "serve anyway" / "do not serve" per adapter (models/fit.py)."""
+        return self.root / "adapter_decisions.json"
+
     @property
     def votes_db(self) -> Path:
         return self.root / "votes.sqlite"
