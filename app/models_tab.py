@@ -13,8 +13,8 @@ from .access import Need, needs
 from .settings import AppContext
 from .widgets import user_errors
 
-COLUMNS = ["name", "status", "reason", "served_by", "rank", "alpha", "target_modules", "trainable_parameters",
-           "base", "created", "dataset"]
+COLUMNS = ["name", "status", "reason", "note", "served_by", "step", "epoch", "train_loss", "eval_loss", "rank",
+           "alpha", "target_modules", "trainable_parameters", "base", "created", "dataset"]
 
 
 class ModelsTab:
@@ -33,6 +33,11 @@ class ModelsTab:
                 self.load = gr.Button("Load")
                 self.unload = gr.Button("Unload")
                 self.rescan = gr.Button("Rescan folders")
+            with gr.Row(visible=not public):
+                # For an adapter named for another model whose weights fit: kept in DATA/adapter_decisions.json.
+                self.serve_anyway = gr.Button("Serve anyway")
+                self.do_not_serve = gr.Button("Do not serve")
+                self.forget = gr.Button("Forget decision")
             with gr.Row(visible=not public):
                 self.confirm = gr.Checkbox(label="Yes, move this adapter to the trash folder", value=False)
                 self.delete = gr.Button("Delete", variant="stop")
@@ -55,6 +60,10 @@ class ModelsTab:
         self.unload.click(self._act(self.ctx.engine.unload_adapter, "unloaded", "unloading adapters"), self.choice,
                           refreshed, api_name="models_unload")
         self.rescan.click(self._rescan, None, refreshed, api_name="models_rescan")
+        for button, decision in ((self.serve_anyway, "serve anyway"), (self.do_not_serve, "do not serve"),
+                                 (self.forget, None)):
+            button.click(self._decider(decision), self.choice, refreshed,
+                         api_name=f"models_decide_{(decision or 'forget').replace(' ', '_')}")
         self.delete.click(self._delete, [self.choice, self.confirm], refreshed + [self.confirm], api_name="models_delete")
         self.install.click(self._install, [self.files, self.new_name], refreshed, api_name="models_install")
 
@@ -77,6 +86,17 @@ class ModelsTab:
                 return self._refresh(f"**{name}** failed: {info.reason}")
             return self._refresh(f"**{name}** {verb}.")
         return run
+
+    def _decider(self, decision: str | None):
+        @needs(Need.OPERATOR, "deciding which adapters serve")
+        @user_errors
+        def decide(name: str | None):
+            if not name:
+                raise ArenaError("pick an adapter first")
+            info = self.ctx.engine.decide(name, decision)
+            said = f"marked '{decision}'" if decision else "back to the usual check"
+            return self._refresh(f"**{name}** {said}: {info.status}" + (f" ({info.reason})" if info.reason else "."))
+        return decide
 
     @needs(Need.OPERATOR, "rescanning adapter folders")
     @user_errors

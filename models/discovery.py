@@ -162,6 +162,16 @@ def run_checkpoints(adapters: list[AdapterInfo], run: str) -> list[AdapterInfo]:
     return sorted((a for a in adapters if a.run == run and a.step is not None), key=lambda a: a.step)
 
 
+def checkpoints_in(adapters: list[AdapterInfo], folder: Path, most: int) -> list[str]:
+    """Up to `most` of the checkpoints kept in `folder`, spread evenly from the first to the last step."""
+    found = sorted((a for a in adapters if a.step is not None and Path(a.path).parent == Path(folder)),
+                   key=lambda a: a.step)
+    if len(found) <= most:
+        return [a.name for a in found]
+    picks = sorted({round(i * (len(found) - 1) / (most - 1)) for i in range(most)})
+    return [found[i].name for i in picks]
+
+
 def describe(info: AdapterInfo) -> str:
     """A short label: 'ahoy@50 · step 50 · epoch 1.0 · train 1.23 · val 1.40'."""
     parts = [info.name]
