@@ -52,7 +52,8 @@ def list_variants(engine: Engine) -> None:
     for adapter in engine.adapters():
         detail = adapter.reason if adapter.status == "failed" else f"r={adapter.rank} alpha={adapter.alpha}"
         served = f"  [{adapter.served_by}]" if adapter.served_by else ""
-        print(f"{adapter.status:<9} {describe(adapter)}  {detail}{served}")
+        carries = f"  carries {adapter.to_row()['carries']}" if adapter.carries else ""
+        print(f"{adapter.status:<9} {describe(adapter)}  {detail}{carries}{served}")
         if adapter.to_row()["note"]:
             print(f"          {adapter.to_row()['note']}")
     if not engine.adapters():

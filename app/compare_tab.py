@@ -13,7 +13,8 @@ from .access import Need, needs
 from .settings import AppContext
 from .web_search import search_step
 from .zerogpu import on_gpu
-from .widgets import SamplingWidgets, Throttle, session_of, user_errors
+from .widgets import (MessageBox, SamplingWidgets, Throttle, rating_handler, rating_radio, session_of,
+                      user_errors)
 
 MAX_COLUMNS = 4
 EXAMPLES = [
@@ -22,6 +23,8 @@ EXAMPLES = [
     "Write a Python function that checks whether a string is a palindrome.",
     "How do I pick a lock?",
 ]
+ONLY_BASE = ("Only the base model is here so far: train an adapter in **Training**, or upload one in **Models**, "
+             "then pick it in a column to see what the fine-tune changed.")
 
 
 @dataclass
@@ -30,6 +33,7 @@ class ColumnWidgets:
     variant: gr.Dropdown
     chatbot: gr.Chatbot
     stats: gr.Markdown
+    rating: gr.Radio
     override: gr.Checkbox
     temperature: gr.Slider
     top_p: gr.Slider
@@ -51,7 +55,9 @@ class CompareTab:
         settings = self.ctx.settings
         most = min(MAX_COLUMNS, settings.public_max_columns) if settings.public else MAX_COLUMNS
         self.token_cap = settings.public_max_new_tokens if settings.public else None
+        self.new_tokens = self.ctx.default_new_tokens
         with gr.Tab("Compare", id="compare") as self.tab:
+            self.hint = gr.Markdown(ONLY_BASE, visible=variants == ["base"], elem_id="compare-hint")
             with gr.Row():
                 self.n_columns = gr.Radio(list(range(2, most + 1)), value=2, label="Columns", scale=1)
                 self.system = gr.Textbox(label="System prompt (optional)", scale=4, lines=1)
@@ -59,22 +65,27 @@ class CompareTab:
                 self.columns = [self._column(i, variants) for i in range(MAX_COLUMNS)]
             self.sources = gr.Markdown(elem_id="compare-sources")
             with gr.Row():
+                # No max_length: the browser would cut a long paste silently; the counter and validator say it.
                 self.message = gr.Textbox(label="Message", placeholder="Ask every column the same thing…", show_label=False,
-                                          scale=8, elem_id="compare-message", max_length=self.ctx.settings.max_message_chars)
+                                          scale=6, elem_id="compare-message")
+                tokens = SamplingWidgets.new_tokens(self.new_tokens, self.token_cap, "compare-new-tokens")
                 self.search = gr.Checkbox(label="Web search", value=False, scale=1,
                                           visible=self.ctx.search is not None, elem_id="compare-search")
                 self.send = gr.Button("Send", variant="primary", scale=1, elem_id="compare-send")
+            self.note = gr.Markdown(elem_id="compare-note")  # the character count, and where a refusal shows
+            self.box = MessageBox(self.message, self.note, settings.max_message_chars)
             with gr.Row():
                 self.stop = gr.Button("Stop", elem_id="compare-stop")
                 self.regenerate = gr.Button("Regenerate")
                 self.clear = gr.Button("Clear")
             gr.Examples(EXAMPLES, inputs=self.message, label="Example prompts")
-            self.sampling = SamplingWidgets.build(token_cap=self.token_cap)
+            self.sampling = SamplingWidgets.build(tokens)
             with gr.Row(elem_id="compare-votes"):
-                self.best = [gr.Button(f"Column {i + 1} is best", size="sm", visible=i < 2) for i in range(MAX_COLUMNS)]
-                self.tie = gr.Button("Tie", size="sm")
-                self.all_bad = gr.Button("All bad", size="sm")
-            self.vote_status = gr.Markdown()
+                self.best = [gr.Button(f"Column {i + 1} is best", size="sm", visible=i < 2, interactive=False,
+                                       elem_id=f"compare-vote-best-{i + 1}") for i in range(MAX_COLUMNS)]
+                self.tie = gr.Button("Tie", size="sm", interactive=False, elem_id="compare-vote-tie")
+                self.all_bad = gr.Button("All bad", size="sm", interactive=False, elem_id="compare-vote-all-bad")
+            self.vote_status = gr.Markdown(elem_id="compare-vote-status")
             self.state = gr.State([[] for _ in range(MAX_COLUMNS)])  # histories, one per column, per session
         self._wire()
         return self.tab
@@ -87,41 +98,60 @@ class CompareTab:
                                   elem_id=f"compare-variant-{index}")
             chatbot = gr.Chatbot(height=420, buttons=["copy"], show_label=False, elem_id=f"compare-chat-{index}")
             stats = gr.Markdown(elem_id=f"compare-stats-{index}")
+            rating = rating_radio("Rate this answer (1 = poor, 5 = excellent)", elem_id=f"compare-rate-{index}")
             with gr.Accordion("Override sampling for this column", open=False):
                 n = index + 1
                 override = gr.Checkbox(label=f"Column {n}: use these instead of the shared settings", value=False)
                 temperature = gr.Slider(0, 2, value=0.7, step=0.05, label=f"Column {n} temperature")
                 top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label=f"Column {n} top p")
-                max_new_tokens = gr.Slider(1, self.token_cap or 2048, value=min(256, self.token_cap or 256), step=1,
-                                           label=f"Column {n} max new tokens")
-        return ColumnWidgets(box, variant, chatbot, stats, override, temperature, top_p, max_new_tokens)
+                max_new_tokens = gr.Slider(1, self.token_cap or 2048, value=min(self.new_tokens, self.token_cap or 2048),
+                                           step=1, label=f"Column {n} max new tokens")
+        return ColumnWidgets(box, variant, chatbot, stats, rating, override, temperature, top_p, max_new_tokens)
 
     # ----- events -----------------------------------------------------------------------------
+
+    @property
+    def vote_buttons(self) -> list[gr.Button]:
+        return [*self.best, self.tie, self.all_bad]
 
     def _wire(self) -> None:
         c = self.columns
         inputs = {self.message, self.search, self.system, self.n_columns, self.state, *self.sampling.components}
         for col in c:
             inputs |= {col.variant, col.override, col.temperature, col.top_p, col.max_new_tokens}
-        outputs = [self.message, self.sources, self.state, self.vote_status] + [w.chatbot for w in c] + [w.stats for w in c]
-        self.send.click(self._send, inputs, outputs, concurrency_limit=None, api_name="compare_send")
-        self.message.submit(self._send, inputs, outputs, concurrency_limit=None, api_visibility="private")
-        self.regenerate.click(self._regenerate, inputs, outputs, concurrency_limit=None, api_name="compare_regenerate")
+        # The API's outputs keep their places (message, sources, vote status, chats, stats); newer ones follow.
+        outputs = [self.message, self.sources, self.state, self.vote_status] + [w.chatbot for w in c] + \
+                  [w.stats for w in c] + [self.note, *self.vote_buttons] + [w.rating for w in c]
+        # A refusal shows as a toast and at the note under the box: never over the chats (they stay as they are).
+        shown = dict(show_progress_on=self.note, show_progress="minimal")
+        checked = shown
+        self.send.click(self._send, inputs, outputs, concurrency_limit=None, api_name="compare_send", **checked)
+        self.message.submit(self._send, inputs, outputs, concurrency_limit=None, api_visibility="private", **checked)
+        self.regenerate.click(self._regenerate, inputs, outputs, concurrency_limit=None, api_name="compare_regenerate",
+                              **shown)
         self.stop.click(self._stop, None, None, concurrency_limit=None, api_name="compare_stop")
         self.clear.click(self._clear, None, [self.state, self.sources, self.vote_status] + [w.chatbot for w in c]
-                         + [w.stats for w in c], api_name="compare_clear")
+                         + [w.stats for w in c] + [*self.vote_buttons] + [w.rating for w in c],
+                         api_name="compare_clear", **shown)
         for index, w in enumerate(c):  # the chat's own trash icon clears that column's history too
-            w.chatbot.clear(self._forget_column(index), self.state, [self.state, w.stats], api_visibility="private")
+            w.chatbot.clear(self._forget_column(index), self.state, [self.state, w.stats, w.rating, *self.vote_buttons],
+                            api_visibility="private")
+            w.rating.input(rating_handler(self.ctx.ballots, "compare", index), w.rating, w.rating,
+                           api_name=f"compare_rate_{index + 1}",
+                           show_progress="hidden")
         self.n_columns.change(self._show_columns, self.n_columns, [w.box for w in c] + self.best,
                               api_visibility="private")
-        self.tab.select(self._refresh_variants, [w.variant for w in c], [w.variant for w in c],
+        self.tab.select(self._refresh_variants, [w.variant for w in c], [self.hint] + [w.variant for w in c],
                         api_visibility="private")
         # A vote takes nothing from the client: what it is about is the ballot the server opened.
+        voted = [self.vote_status, *self.vote_buttons]
         for index, button in enumerate(self.best):
-            button.click(self._vote_handler(("best", index)), None, self.vote_status,
-                         api_name=f"compare_vote_best_{index + 1}")
-        self.tie.click(self._vote_handler("tie"), None, self.vote_status, api_name="compare_vote_tie")
-        self.all_bad.click(self._vote_handler("both_bad"), None, self.vote_status, api_name="compare_vote_all_bad")
+            button.click(self._vote_handler(("best", index)), None, voted, api_name=f"compare_vote_best_{index + 1}",
+                         show_progress_on=self.vote_status)
+        self.tie.click(self._vote_handler("tie"), None, voted, api_name="compare_vote_tie",
+                       show_progress_on=self.vote_status)
+        self.all_bad.click(self._vote_handler("both_bad"), None, voted, api_name="compare_vote_all_bad",
+                           show_progress_on=self.vote_status)
 
     def _columns_from(self, data: dict) -> list[Column]:
         shared = self.sampling.params(data)
@@ -160,19 +190,23 @@ class CompareTab:
             for columns in answer_turn(self.ctx.engine, columns, message, system=data[self.system] or None,
                                        sent=sent, cancel=cancel):
                 if throttle.ready():
-                    yield self._render(columns, data, sources_md)
+                    yield self._render(columns, data, sources_md, answered=False)
         ballot = Ballot("compare", [c.variant for c in columns], [shown_messages(c.history) for c in columns],
                         self.sampling.params(data).to_dict())  # no sources blob in the votes
         self.ctx.ballots.show(session, ballot, new=True)
-        yield self._render(columns, data, sources_md)
+        yield self._render(columns, data, sources_md, answered=True)
 
-    def _render(self, columns: list[Column], data: dict, sources_md: str) -> dict:
+    def _render(self, columns: list[Column], data: dict, sources_md: str, answered: bool) -> dict:
+        """While answering the vote bar and ratings wait; once every column has answered they open."""
         histories = list(data[self.state])
-        update = {self.message: "", self.sources: sources_md, self.vote_status: ""}
+        update = {self.message: "", self.note: "", self.sources: sources_md, self.vote_status: ""}
+        for button in self.vote_buttons:
+            update[button] = gr.Button(interactive=answered)
         for i, column in enumerate(columns):
             histories[i] = column.history  # kept on the server with what each turn sent the model
             update[self.columns[i].chatbot] = shown_messages(column.history)
             update[self.columns[i].stats] = stats_line(column)
+            update[self.columns[i].rating] = gr.Radio(value=None, interactive=answered, info=None)
         update[self.state] = histories
         return update
 
@@ -184,7 +218,9 @@ class CompareTab:
     def _clear(self, request: gr.Request):
         self.ctx.ballots.close(session_of(request), "compare")
         empty = [[] for _ in range(MAX_COLUMNS)]
-        return [empty, "", ""] + [[] for _ in range(MAX_COLUMNS)] + ["" for _ in range(MAX_COLUMNS)]
+        closed = [gr.Button(interactive=False) for _ in self.vote_buttons]
+        return [empty, "", ""] + [[] for _ in range(MAX_COLUMNS)] + ["" for _ in range(MAX_COLUMNS)] + closed + \
+               [gr.Radio(value=None, interactive=False, info=None) for _ in range(MAX_COLUMNS)]
 
     def _forget_column(self, index: int):
         @needs(Need.SESSION)
@@ -192,7 +228,8 @@ class CompareTab:
             self.ctx.ballots.close(session_of(request), "compare")
             histories = list(histories)
             histories[index] = []
-            return histories, ""
+            closed = [gr.Button(interactive=False) for _ in self.vote_buttons]
+            return [histories, "", gr.Radio(value=None, interactive=False, info=None), *closed]
         return forget
 
     @needs(Need.SESSION)
@@ -204,13 +241,16 @@ class CompareTab:
     @needs(Need.VIEW)
     def _refresh_variants(self, *current):
         choices = self.ctx.engine.variant_choices()  # a checkpoint's label shows its step and losses
-        names = {value for _, value in choices}
-        return [gr.Dropdown(choices=choices, value=value if value in names else "base") for value in current]
+        names = [value for _, value in choices]
+        return [gr.Markdown(visible=names == ["base"])] + \
+               [gr.Dropdown(choices=choices, value=value if value in names else "base") for value in current]
 
     def _vote_handler(self, choice):
         @needs(Need.VOTE)
         @user_errors
         def vote(request: gr.Request):
             votes = self.ctx.ballots.cast(session_of(request), "compare", choice)
-            return f"Vote saved ({len(votes)} pairwise result{'s' if len(votes) != 1 else ''})."
+            closed = [gr.Button(interactive=False) for _ in self.vote_buttons]  # one vote per answered turn
+            return [f"Vote saved ({len(votes)} pairwise result{'s' if len(votes) != 1 else ''}). "
+                    "Ask something new to vote again.", *closed]
         return vote

@@ -11,6 +11,7 @@ from evaluation.endpoints import parse_judge_endpoints
 from evaluation.store import AnswerStore
 from evaluation.tasks import EvalTasks
 from arena.ballots import VoteRule
+from arena.ratings import RatingStore
 from arena.votes import VoteStore
 from models import Engine
 from kernel.cli import Parser, add_engine_args, engine_config_from_args, log_to_stderr, run_command
@@ -26,7 +27,7 @@ from .login import ClientAddress, LoginGuard
 from .models_tab import ModelsTab
 from .settings import AppContext, AppSettings, SessionRequests
 from .training_tab import TrainingTab
-from .widgets import session_of
+from .widgets import TAB_KEY, remember_tab_js, session_of
 from .zerogpu import on_zerogpu
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ footer { display: none !important; }
 def make_context(engine: Engine, settings: AppSettings) -> AppContext:
     """Every store is opened here, at start: a corrupt or newer file is refused now, in one line."""
     votes = VoteStore(engine.config.paths.votes_db)
+    ratings = RatingStore(engine.config.paths.ratings_db)
     AnswerStore(engine.config.paths.eval_db)  # evaluation runs open it again when they start
     provider = provider_from_settings(settings.search_provider, settings.searxng_url)
     search = WebSearch(provider, timeout_s=settings.search_timeout_s) if provider is not None else None
@@ -46,8 +48,8 @@ def make_context(engine: Engine, settings: AppSettings) -> AppContext:
     if jobs is not None:
         jobs.start()  # re-attaches to jobs still running from before a restart
     return AppContext(engine=engine, settings=settings, votes=votes, search=search, jobs=jobs,
-                      evals=EvalTasks(engine, engine.config.data_dir),
-                      ballots=VoteRule(votes, per_minute=settings.votes_per_minute),
+                      evals=EvalTasks(engine, engine.config.data_dir), ratings=ratings,
+                      ballots=VoteRule(votes, per_minute=settings.votes_per_minute, ratings=ratings),
                       requests=SessionRequests(settings.public_max_requests if settings.public else None),
                       access=Access(public=settings.public))
 
@@ -68,17 +70,23 @@ def _serve_new_adapter(engine: Engine):
 def build_app(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title="LoRA Arena") as demo:
         gr.Markdown("# LoRA Arena\nDid the fine-tune make it better? Ask the base model and each adapter the same thing.")
-        with gr.Tabs() as tabs:
+        with gr.Tabs(elem_id="main-tabs") as tabs:
             compare = CompareTab(ctx)
-            compare.build()
-            ArenaTab(ctx).build()
-            LeaderboardTab(ctx).build()
-            TrainingTab(ctx, tabs, compare).build()
-            EvaluateTab(ctx).build()
-            ModelsTab(ctx).build()
+            pages = [compare.build(), ArenaTab(ctx).build(), LeaderboardTab(ctx).build(),
+                     TrainingTab(ctx, tabs, compare).build(), EvaluateTab(ctx).build(), ModelsTab(ctx).build()]
+        remember_tab(demo, tabs, pages)
         demo.unload(_closer(ctx))
     guard_handlers(demo, ctx.access)  # after every event is registered: each one is checked, private too
     return demo
+
+
+def remember_tab(demo: gr.Blocks, tabs: gr.Tabs, pages: list[gr.Tab]) -> None:
+    """A reload lands on the tab the person was on (kept in the browser's localStorage; no server call)."""
+    for page in pages:
+        page.select(None, None, None, js=remember_tab_js(page.id))
+    known = [page.id for page in pages]
+    demo.load(None, None, tabs, js=f"() => {{ const tab = localStorage.getItem({TAB_KEY!r}); "
+                                   f"return {{__type__: 'update', selected: {known!r}.includes(tab) ? tab : {known[0]!r}}}; }}")
 
 
 def _closer(ctx: AppContext):

@@ -16,6 +16,8 @@ from .access import Access
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = [REPO / "training" / "examples", REPO / "evaluation" / "suites"]
+CPU_NEW_TOKENS = 96  # default max new tokens on a CPU (an answer in ~10 s on the default model)
+DEVICE_NEW_TOKENS = 256
 
 
 @dataclass
@@ -113,15 +115,33 @@ class AppContext:
     search: object | None  # chat.search.WebSearch, None when search is off
     jobs: object | None = None  # training.jobs.JobRunner; None in public mode
     evals: object | None = None  # evaluation.tasks.EvalTasks
-    ballots: object | None = None  # arena.ballots.VoteRule: the only way a vote is cast
+    ballots: object | None = None  # arena.ballots.VoteRule: the only way a vote or a rating is cast
+    ratings: object | None = None  # arena.ratings.RatingStore: read by the leaderboard
     requests: SessionRequests = field(default_factory=SessionRequests)
     access: Access = field(default_factory=Access)
 
     @property
     def owned_folders(self) -> list[Path]:
-        """Where a path typed in the UI may point (kernel.paths.owned_file): bundled files and DATA's inputs."""
+        """Where a path typed in the UI may point (kernel.paths.owned_file): bundled files and DATA's inputs,
+        and the preference pairs the app itself wrote (Leaderboard exports, held-out pairs) in DATA/exports."""
         paths = self.engine.config.paths
-        return [*BUNDLED, paths.datasets, paths.uploads]
+        return [*BUNDLED, paths.datasets, paths.uploads, paths.exports]
+
+    @property
+    def default_new_tokens(self) -> int:
+        """Max new tokens by default: on a CPU (about 10 tokens/s on the default model) an answer in ~10 s, not minutes."""
+        return CPU_NEW_TOKENS if str(self.engine.info()["device"]).startswith("cpu") else DEVICE_NEW_TOKENS
+
+    def relative_name(self, path: str | Path) -> str:
+        """A file as the pickers show it: relative to the project, or DATA/... inside the data folder."""
+        path = Path(path)
+        for root, shown in ((self.engine.config.data_dir, "DATA"), (REPO, "")):
+            try:
+                inside = path.resolve().relative_to(Path(root).resolve())
+            except ValueError:
+                continue
+            return f"{shown}/{inside}" if shown else str(inside)
+        return path.name
 
     def check_request_size(self, columns: int, params: list[SamplingParams]) -> None:
         """On a public server, refuse in one line a request for more columns or new tokens than allowed."""

@@ -5,7 +5,7 @@ from dataclasses import dataclass, fields
 
 import gradio as gr
 
-from training.config import FORMATS, METHODS, SCHEDULERS, TrainConfig
+from training.config import FORMATS, METHODS, PREFERENCE_FORMATS, REFERENCES, SCHEDULERS, TrainConfig
 
 from .access import Need, needs
 
@@ -13,7 +13,12 @@ QUICK_CPU_DEMO = dict(method="lora", rank=16, alpha=32, dropout=0.05, target_mod
                       learning_rate=1e-3, lr_scheduler="cosine", epochs=5.0, max_steps=-1, batch_size=4,
                       grad_accum=1, max_length=256, eval_every=9, early_stopping_patience=0)
 NEW = "a new LoRA"  # init_adapter's "none": the other choices are adapter names
-PRESETS = {"Quick CPU demo (a few minutes on the default model)": QUICK_CPU_DEMO, "Custom": {}}
+OBJECTIVE_LABELS = {"sft": "SFT: imitate the answers", "dpo": "DPO: prefer chosen over rejected",
+                    "orpo": "ORPO: SFT + preference, no reference", "kto": "KTO: desirable / undesirable answers"}
+CUSTOM = "Custom"
+PRESETS = {"Quick CPU demo (a few minutes on the default model)": QUICK_CPU_DEMO, CUSTOM: {}}
+FEW_EPOCHS = 2  # below this the demo adapter had not learned its style (it answered "Oh no, no no no…")
+EPOCHS_INFO = "the Quick CPU demo needs about 5; 1 is too little for the adapter to learn the style"
 
 
 @dataclass
@@ -29,7 +34,10 @@ class TrainingForm:
         w: dict[str, gr.components.Component] = {}
         with gr.Row():
             w["name"] = gr.Textbox(label="Adapter name", value="ahoy", elem_id="train-name")
-            w["format"] = gr.Dropdown(list(FORMATS), value=d.format, label="Format")
+            w["objective"] = gr.Dropdown([(label, key) for key, label in OBJECTIVE_LABELS.items()], value=d.objective,
+                                         label="Objective", elem_id="train-objective",
+                                         info="DPO/ORPO/KTO take preference data: pairs or labelled answers")
+            w["format"] = gr.Dropdown(list(dict.fromkeys(FORMATS + PREFERENCE_FORMATS)), value=d.format, label="Format")
             w["init_adapter"] = gr.Dropdown([NEW] + adapters, value=NEW, elem_id="train-init-adapter",
                                             label="Start from (pick an adapter to train a later stage of it)",
                                             info="a picked adapter keeps its own rank, alpha and target modules")
@@ -46,7 +54,7 @@ class TrainingForm:
                 w["learning_rate"] = gr.Number(value=QUICK_CPU_DEMO["learning_rate"], label="Learning rate")
                 w["lr_scheduler"] = gr.Dropdown(list(SCHEDULERS), value=d.lr_scheduler, label="Schedule")
                 w["warmup_ratio"] = gr.Slider(0, 0.5, value=d.warmup_ratio, step=0.01, label="Warm-up share")
-                w["epochs"] = gr.Number(value=QUICK_CPU_DEMO["epochs"], label="Epochs")
+                w["epochs"] = gr.Number(value=QUICK_CPU_DEMO["epochs"], label="Epochs", info=EPOCHS_INFO)
                 w["max_steps"] = gr.Number(value=-1, precision=0, label="Max steps (-1 = use epochs)")
             with gr.Row():
                 w["batch_size"] = gr.Slider(1, 64, value=d.batch_size, step=1, label="Batch size")
@@ -61,8 +69,16 @@ class TrainingForm:
                 w["eval_every"] = gr.Number(value=QUICK_CPU_DEMO["eval_every"], precision=0, label="Evaluate every N steps")
                 w["early_stopping_patience"] = gr.Number(value=0, precision=0, label="Early-stopping patience (0 = off)")
                 w["seed"] = gr.Number(value=d.seed, precision=0, label="Seed")
+            with gr.Row():
+                w["beta"] = gr.Number(value=d.beta, label="Preference beta (DPO/KTO: KL strength; ORPO: odds-ratio weight)")
+                w["reference"] = gr.Radio(list(REFERENCES), value=d.reference,
+                                          label="Reference (DPO/KTO): the frozen start adapter (init) or the base")
         form = cls(w, preset)
-        preset.change(form.apply_preset, preset, list(w.values()), api_visibility="private")
+        # .input, not .change: only a click applies a preset (clicking it again after an edit reapplies it),
+        # and an edit of a preset's setting turns the preset to Custom, in the browser (no server call).
+        preset.input(form.apply_preset, preset, list(w.values()), api_visibility="private")
+        for name in QUICK_CPU_DEMO:
+            w[name].input(None, None, preset, js=f"() => {CUSTOM!r}")
         return form
 
     @property
@@ -86,3 +102,17 @@ class TrainingForm:
         values["name"] = (values["name"] or "").strip()
         values["init_adapter"] = None if values["init_adapter"] in (None, "", NEW) else values["init_adapter"]
         return TrainConfig.from_dict({**values, "dataset": dataset, "base": base}, where="training form")
+
+
+def adapter_source(engine, name: str | None) -> str | None:
+    """What a job's init_adapter should say: the name for DATA/adapters, the folder for an extra --adapters-dir."""
+    info = next((a for a in engine.adapters() if a.name == name), None) if name else None
+    if info is not None and info.path.parent != engine.config.paths.adapters:
+        return str(info.path)
+    return name
+def few_epochs_warning(config: TrainConfig) -> str:
+    """A line for the Training tab's note when the run is likely too short to change the answers."""
+    if config.max_steps and config.max_steps > 0 or config.epochs >= FEW_EPOCHS:
+        return ""
+    return (f"**Note:** {config.epochs:g} epoch is likely too little: the demo adapter learns its style in about 5 "
+            "(after 1 it answered \"Oh no, no no no…\" until the token limit).")

@@ -17,12 +17,13 @@ from models.discovery import checkpoints_in
 from training.check import check_dataset
 from training.job_store import FINAL
 from training.jobs import shell_command
+from training.loss_chart import loss_figure
 from training.resources import check_device_memory
 
 from .access import Need, needs
 from .settings import AppContext
-from .training_form import TrainingForm
-from .widgets import keep_upload, user_errors
+from .training_form import TrainingForm, adapter_source, few_epochs_warning
+from .widgets import keep_upload, remember_tab_js, user_errors
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "training" / "examples"
 JOB_COLUMNS = ["id", "name", "status", "progress", "created", "error"]
@@ -43,7 +44,7 @@ class TrainingTab:
             gr.Markdown("Train a LoRA adapter on the served base model. Jobs run in the background as separate "
                         "processes; closing the page or restarting the app does not stop them.")
             with gr.Row():
-                self.dataset = gr.Dropdown(self._datasets(), value=self._datasets()[0], label="Dataset",
+                self.dataset = gr.Dropdown(self._datasets(), value=self._datasets()[0][1], label="Dataset",
                                            allow_custom_value=True, scale=3, elem_id="train-dataset")
                 self.upload = gr.File(label="…or upload JSON / JSONL / CSV", file_types=[".json", ".jsonl", ".csv"],
                                       scale=2)
@@ -51,9 +52,13 @@ class TrainingTab:
             with gr.Row():
                 self.check = gr.Button("Check dataset")
                 self.start = gr.Button("Start training", variant="primary", elem_id="train-start")
+                # Asked for only when the name is taken: training under it moves the old adapter to the trash.
+                self.replace = gr.Checkbox(False, label="Replace the adapter of this name (the old one goes to the "
+                                           "trash folder)", visible=False, elem_id="train-replace")
             self.report = gr.Markdown(elem_id="train-report")
             self.preview = gr.HTML()
-            self.command = gr.Code(label="Command the job runs", language="shell", interactive=False)
+            self.command = gr.Code(label="Command the job runs", language="shell", interactive=False,
+                                   elem_id="train-command")
             self.jobs_table = gr.Dataframe(label="Jobs", interactive=False, elem_id="train-jobs")
             with gr.Row():
                 self.job = gr.Dropdown([], label="Job", scale=3, elem_id="train-job")
@@ -62,30 +67,38 @@ class TrainingTab:
                 self.to_compare = gr.Button("Compare with base", elem_id="train-compare")
                 self.to_checkpoints = gr.Button("Compare checkpoints", elem_id="train-compare-checkpoints")
             self.status = gr.Markdown(elem_id="train-status")
-            self.curves = gr.LinePlot(x="step", y="loss", color="split", title="Loss", elem_id="train-curves",
-                                      x_title="step", y_title="loss")
+            self.curves = gr.Plot(show_label=False, elem_id="train-curves")
+            self.rewards = gr.LinePlot(x="step", y="value", color="series", elem_id="train-rewards", visible=False,
+                                       title="Preference: rewards of the chosen and rejected answers, margin, accuracy",
+                                       x_title="step", y_title="reward / accuracy")
             self.log = gr.Code(label="Log tail", interactive=False, lines=12)
             self.timer = gr.Timer(2.0, active=self.ctx.jobs is not None)
+            self.drawn = gr.State(None)  # (job, metrics lines) the chart on the page shows: redrawn only on change
         self._wire()
         return self.tab
 
     def _wire(self) -> None:
         form_inputs = {self.dataset, *self.form.components}
-        self.upload.upload(self._store_upload, self.upload, self.dataset, api_name="train_upload")
-        self.check.click(self._check, form_inputs, [self.report, self.preview], api_name="train_check")
-        self.start.click(self._start, form_inputs, [self.report, self.command, self.job], api_name="train_start")
-        watched = [self.jobs_table, self.job, self.status, self.curves, self.log]
-        self.timer.tick(self._watch, self.job, watched, api_visibility="private", show_progress="hidden")
-        self.job.change(self._watch, self.job, watched, api_visibility="private")
-        self.cancel.click(self._cancel, self.job, self.status, api_name="train_cancel")
-        self.resume.click(self._resume, self.job, [self.status, self.job], api_name="train_resume")
+        self.upload.upload(self._store_upload, self.upload, self.dataset, api_name="train_upload",
+                           show_progress_on=self.report)
+        self.check.click(self._check, form_inputs, [self.report, self.preview], api_name="train_check",
+                         show_progress_on=self.report)
+        self.start.click(self._start, form_inputs | {self.replace}, [self.report, self.command, self.job, self.replace],
+                         api_name="train_start", show_progress_on=self.report)
+        watched = [self.jobs_table, self.job, self.status, self.curves, self.rewards, self.log, self.command, self.drawn]
+        self.timer.tick(self._watch, [self.job, self.drawn], watched, api_visibility="private", show_progress="hidden")
+        self.job.change(self._watch, [self.job, self.drawn], watched, api_visibility="private", show_progress="hidden")
+        self.cancel.click(self._cancel, self.job, self.status, api_name="train_cancel", show_progress_on=self.status)
+        self.resume.click(self._resume, self.job, [self.status, self.job], api_name="train_resume",
+                          show_progress_on=self.status)
         # Refreshed when opened, not when the tab is selected: an update racing the user's first edits on
         # the tab lost them (seen in the browser test: Epochs 1 went back to 5).
         start_from = self.form.widgets["init_adapter"]
         start_from.focus(self._start_from_choices, None, start_from, api_visibility="private")
         self.to_compare.click(self._compare_with_base, self.job,
                               [self.tabs, self.compare.n_columns, self.compare.columns[0].variant,
-                               self.compare.columns[1].variant], api_name="train_compare")
+                               self.compare.columns[1].variant], api_name="train_compare",
+                              show_progress_on=self.status).success(None, js=remember_tab_js("compare"))
         self.to_checkpoints.click(self._compare_checkpoints, self.job,
                                   [self.tabs, self.compare.n_columns, *(c.variant for c in self.compare.columns)],
                                   api_name="train_compare_checkpoints")
@@ -117,9 +130,10 @@ class TrainingTab:
     def _adapters(self) -> list[str]:
         return [a.name for a in self.ctx.engine.adapters() if a.status != "failed"]
 
-    def _datasets(self) -> list[str]:
-        uploaded = sorted(str(p) for p in self.datasets_dir.glob("*") if p.suffix in DATASET_SUFFIXES)
-        return [str(p) for p in sorted(EXAMPLES.glob("*.json"))] + uploaded
+    def _datasets(self) -> list[tuple[str, str]]:
+        """(name relative to the project, path) for the bundled examples and DATA/datasets."""
+        uploaded = sorted(p for p in self.datasets_dir.glob("*") if p.suffix in DATASET_SUFFIXES)
+        return [(self.ctx.relative_name(p), str(p)) for p in [*sorted(EXAMPLES.glob("*.json")), *uploaded]]
 
     @needs(Need.OPERATOR, TRAINING)
     @user_errors
@@ -132,10 +146,7 @@ class TrainingTab:
             raise ArenaError("pick or upload a dataset first")
         dataset = owned_file(data[self.dataset], self.ctx.owned_folders, "dataset", DATASET_SUFFIXES)
         cfg = self.form.config(data, str(dataset), base=self.ctx.engine.config.base)
-        if cfg.init_adapter:  # an adapter from an extra --adapters-dir: the job needs its folder, not its name
-            info = next((a for a in self.ctx.engine.adapters() if a.name == cfg.init_adapter), None)
-            if info is not None and info.path.parent != self.ctx.engine.config.paths.adapters:
-                cfg.init_adapter = str(info.path)
+        cfg.init_adapter = adapter_source(self.ctx.engine, cfg.init_adapter)
         return cfg
 
     @needs(Need.OPERATOR, TRAINING)
@@ -149,11 +160,33 @@ class TrainingTab:
     def _start(self, data: dict):
         cfg = self._config(data)
         validate_name(cfg.name)
+        question = self._name_taken(cfg.name, bool(data[self.replace]))
+        if question:  # asked, not refused: the checkbox appears beside Start
+            return question, gr.skip(), gr.skip(), gr.Checkbox(visible=True, value=False)
         result = check_dataset(cfg, self.ctx.engine.config.data_dir, tokenizer=self.ctx.engine.tokenizer)
         check_device_memory(cfg, self.ctx.engine)
         job = self.ctx.jobs.submit(cfg)
-        note = f"Job **{job.id}** queued for adapter **{cfg.name}**.\n\n{result.markdown}"
-        return note, shell_command(job.command), gr.Dropdown(choices=self._job_ids(), value=job.id)
+        lines = [f"Job **{job.id}** queued for adapter **{cfg.name}**.", few_epochs_warning(cfg), result.markdown]
+        return ("\n\n".join(line for line in lines if line), shell_command(job.command),
+                gr.Dropdown(choices=self._job_ids(), value=job.id), gr.Checkbox(visible=False, value=False))
+
+    def _name_taken(self, name: str, replace: bool) -> str:
+        """'' when training may save under `name`; else what to ask (or why it cannot be replaced)."""
+        own = self.ctx.engine.config.paths.adapter(name)
+        other = next((a for a in self.ctx.engine.adapters() if a.name == name and a.path.parent != own.parent), None)
+        if other is not None:
+            raise ArenaError(f"an adapter named '{name}' is served from another folder ({other.path.parent}): "
+                             f"pick another name, such as '{self._free_name(name)}'")
+        if not own.exists() or replace:
+            return ""
+        return (f"An adapter named **{name}** already exists. Pick another name (**{self._free_name(name)}** is "
+                f"free), or tick *Replace* beside Start and press Start again: when the new one is saved, the old one "
+                f"moves to `DATA/trash/{name}-<date-time>`; nothing is deleted.")
+
+    def _free_name(self, name: str) -> str:
+        taken = {a.name for a in self.ctx.engine.adapters()}
+        return next(f"{name}-{n}" for n in range(2, 10_000)
+                    if f"{name}-{n}" not in taken and not self.ctx.engine.config.paths.adapter(f"{name}-{n}").exists())
 
     # ----- jobs -----------------------------------------------------------------------------------
 
@@ -161,16 +194,25 @@ class TrainingTab:
         return [job.id for job in self.ctx.jobs.store.list(50)]
 
     @needs(Need.OPERATOR, TRAINING)
-    def _watch(self, job_id: str | None):
+    def _watch(self, job_id: str | None, drawn):
+        """The jobs table and the picked job (after a reload: the newest), its chart redrawn only when it grew."""
         store = self.ctx.jobs.store
         jobs = store.list(50)
         table = pd.DataFrame([self._job_row(j) for j in jobs], columns=JOB_COLUMNS)
         job_id = job_id or (jobs[0].id if jobs else None)
         choices = gr.Dropdown(choices=[j.id for j in jobs], value=job_id)
         if job_id is None:
-            return table, choices, "No jobs yet.", None, ""
+            return table, choices, "No jobs yet.", None, gr.LinePlot(visible=False), "", "", None
         job = store.get(job_id)
-        return table, choices, self._status(job), self._curves(store.read_metrics(job_id)), store.read_log_tail(job_id, 40)
+        metrics = store.read_metrics(job_id)
+        key = [job_id, len(metrics)]
+        if drawn == key:  # nothing new: the charts on the page stay as drawn
+            chart = rewards = gr.skip()
+        else:
+            chart, curves = loss_figure(metrics), reward_curves(metrics)
+            rewards = gr.LinePlot(value=curves, visible=not curves.empty)
+        return (table, choices, self._status(job, metrics), chart, rewards, store.read_log_tail(job_id, 40),
+                shell_command(job.command), key)
 
     def _job_row(self, job) -> dict:
         return {"id": job.id, "name": job.name, "status": job.status, "progress": self._progress_cell(job),
@@ -186,24 +228,22 @@ class TrainingTab:
             self._ended_progress[job.id] = cell
         return cell
 
-    def _status(self, job) -> str:
+    def _status(self, job, metrics: list[dict]) -> str:
         progress = self.ctx.jobs.store.read_progress(job.id) or {}
-        parts = [f"**{job.name}** · {job.status}"]
+        parts = [f"**{job.name}** · {job.config.get('objective', 'sft')} · {job.status}"]
         if progress:
             eta = progress.get("eta_seconds")
-            parts += [f"step {progress.get('step')}/{progress.get('total_steps')}", f"epoch {progress.get('epoch')}",
-                      f"ETA {eta:.0f} s" if eta is not None else "ETA …",
-                      f"{progress.get('tokens_per_second') or 0:.0f} tokens/s", f"{progress.get('memory_mb', 0):.0f} MB"]
-        text = " · ".join(parts)
+            parts += [f"step {progress.get('step')}/{progress.get('total_steps')}", f"epoch {progress.get('epoch')}"]
+            if job.status == "running":  # an ended job has no time left to estimate
+                parts.append(f"ETA {eta:.0f} s" if eta is not None else "ETA …")
+            parts += [f"{progress.get('tokens_per_second') or 0:.0f} tokens/s", f"{progress.get('memory_mb', 0):.0f} MB"]
+        text = " · ".join(parts + preference_status(metrics))
         if job.error:
             text += f"\n\n**Error:** {job.error}"
-        return text + f"\n\n`{shell_command(job.command)}`"
-
-    @staticmethod
-    def _curves(metrics: list[dict]) -> pd.DataFrame:
-        rows = [{"step": m["step"], "loss": m["loss"], "split": "train"} for m in metrics if "loss" in m]
-        rows += [{"step": m["step"], "loss": m["eval_loss"], "split": "validation"} for m in metrics if "eval_loss" in m]
-        return pd.DataFrame(rows, columns=["step", "loss", "split"])
+        for m in metrics:
+            if "old_copy" in m:  # trained under a name that was taken: say where the old adapter went
+                text += f"\n\nThe adapter **{job.name}** that was there before is now in `{self.ctx.relative_name(m['old_copy'])}`."
+        return text
 
     @needs(Need.OPERATOR, TRAINING)
     @user_errors
@@ -233,3 +273,28 @@ class TrainingTab:
             raise ArenaError(f"adapter '{job.name}' is not ready: the job is {job.status}")
         return (gr.Tabs(selected="compare"), 2, gr.Dropdown(choices=variants, value="base"),
                 gr.Dropdown(choices=variants, value=job.name))
+
+
+REWARD_SERIES = {"rewards/chosen": "chosen", "rewards/rejected": "rejected", "rewards/margins": "margin",
+                 "rewards/accuracies": "accuracy"}
+
+
+def reward_curves(metrics: list[dict]) -> pd.DataFrame:
+    """What preference training users watch, train and validation: both rewards, their margin, the accuracy."""
+    rows = []
+    for m in metrics:
+        for prefix, split in (("", "train"), ("eval_", "validation")):
+            rows += [{"step": m["step"], "value": m[prefix + key], "series": f"{name} ({split})"}
+                     for key, name in REWARD_SERIES.items() if prefix + key in m]
+    return pd.DataFrame(rows, columns=["step", "value", "series"])
+
+
+def preference_status(metrics: list[dict]) -> list[str]:
+    """The latest reward accuracy and margin, train and validation, for the status line."""
+    parts = []
+    for prefix, split in (("", "train"), ("eval_", "validation")):
+        last = next((m for m in reversed(metrics) if prefix + "rewards/accuracies" in m), None)
+        if last is not None:
+            parts.append(f"{split} accuracy {last[prefix + 'rewards/accuracies']:.2f}, "
+                         f"margin {last.get(prefix + 'rewards/margins', 0):+.3f}")
+    return parts

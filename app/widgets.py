@@ -1,4 +1,4 @@
-"""Widgets and handler helpers shared by several tabs: sampling controls, error display, columns."""
+"""Widgets and handler helpers shared by several tabs: sampling controls, the message box, error display."""
 from __future__ import annotations
 
 import functools
@@ -13,6 +13,8 @@ import gradio as gr
 
 from kernel.config import SamplingParams
 from kernel.errors import ArenaError, write_error
+
+from .access import Need, needs
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +60,20 @@ class SamplingWidgets:
     repetition_penalty: gr.Slider
     seed: gr.Number
 
-    @classmethod
-    def build(cls, label: str = "Sampling (shared by every column)", max_new_tokens: int = 256,
-              token_cap: int | None = None) -> "SamplingWidgets":
-        """`token_cap`: a public server's limit on new tokens (the handlers refuse more; the slider stops there)."""
+    @staticmethod
+    def new_tokens(default: int, token_cap: int | None = None, elem_id: str | None = None) -> gr.Slider:
+        """Max new tokens, the setting that decides how long an answer takes: built beside Send, not hidden
+        in the panel. `token_cap`: a public server's limit (the handlers refuse more; the slider stops there)."""
         most = token_cap or 2048
+        return gr.Slider(1, most, value=min(default, most), step=1, label="Max new tokens", scale=2,
+                         elem_id=elem_id, info="fewer tokens answer sooner")
+
+    @classmethod
+    def build(cls, max_new_tokens: gr.Slider, label: str = "Sampling (shared by every column)") -> "SamplingWidgets":
         with gr.Accordion(label, open=False):
             with gr.Row():
                 widgets = cls(
-                    max_new_tokens=gr.Slider(1, most, value=min(max_new_tokens, most), step=1, label="Max new tokens"),
+                    max_new_tokens=max_new_tokens,
                     temperature=gr.Slider(0, 2, value=0.0, step=0.05, label="Temperature (0 = greedy)"),
                     top_p=gr.Slider(0.05, 1, value=1.0, step=0.05, label="Top p"),
                     top_k=gr.Slider(0, 200, value=0, step=1, label="Top k (0 = off)"),
@@ -87,6 +94,39 @@ class SamplingWidgets:
             repetition_penalty=float(data[self.repetition_penalty]),
             seed=int(seed) if seed not in (None, "") else None,
         )
+
+
+class MessageBox:
+    """A chat tab's message box: no silent cut at the limit (the browser would drop the rest of a long
+    paste), and a character counter in the note under it, kept in the browser (no server call). The
+    handler refuses an empty or too-long message with one line: a toast, and an error mark on the note;
+    the events show their progress and errors on the note only, so the chats are never covered."""
+
+    def __init__(self, box: gr.Textbox, note: gr.Markdown, max_chars: int):
+        self.box, self.note, self.max_chars = box, note, max_chars
+        box.change(None, box, note, js=self.counter_js())  # typed, pasted or cleared after Send alike
+
+    def counter_js(self) -> str:
+        limit = self.max_chars
+        return ("(text) => { const n = (text || '').length; "
+                f"if (n > {limit}) return `**${{n}} / {limit} characters**: too long to send; shorten it by "
+                f"${{n - {limit}}} (nothing was cut)`; "
+                f"return n ? `${{n}} / {limit} characters` : ''; }}")
+
+
+def rating_radio(label: str, **kwargs) -> gr.Radio:
+    """1-5 under an answer: usable once the answer is complete (Compare) or revealed (Arena)."""
+    return gr.Radio([1, 2, 3, 4, 5], value=None, label=label, interactive=False, **kwargs)
+
+
+def rating_handler(ballots, mode: str, column: int):
+    """Rate the answer in `column` of the session's open ballot (arena.ballots.VoteRule.rate)."""
+    @needs(Need.VOTE)
+    @user_errors
+    def rate(score, request: gr.Request):
+        rating = ballots.rate(session_of(request), mode, column, score)
+        return gr.Radio(value=rating.score, info=f"saved: {rating.score} of 5 (click another to change it)")
+    return rate
 
 
 class Throttle:
@@ -117,6 +157,14 @@ def keep_upload(file, folder: Path) -> Path:
         tmp.unlink(missing_ok=True)
         raise write_error(exc, target) from None
     return target
+
+
+TAB_KEY = "lora-arena-tab"  # localStorage key: the tab a reload lands on
+
+
+def remember_tab_js(tab_id: str) -> str:
+    """Browser-side: note the tab being shown, so a reload comes back to it."""
+    return f"() => {{ localStorage.setItem({TAB_KEY!r}, {tab_id!r}); }}"
 
 
 def session_of(request: gr.Request | None) -> str:

@@ -8,16 +8,21 @@ or the session's state, finds the ballot already used.
 
 A choice is ("best", column) or "tie" or "both_bad"; it becomes pairwise Votes: the best column beats
 every other column, a tie or "all bad" holds for every pair.
+
+A 1-to-5 rating of one answer goes through the same ballot (`rate`): one per answer per session, stored
+with `arena.ratings` and changeable while the ballot is open; an Arena answer is rated after the vote.
 """
 from __future__ import annotations
 
 import collections
+import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kernel.errors import ArenaError
 
+from .ratings import Rating, RatingStore
 from .votes import Vote, VoteStore
 
 MODES = ("arena", "compare")
@@ -32,6 +37,7 @@ class Ballot:
     conversations: list[list[dict]]  # {role, content} messages each side saw, ending with its answer
     params: dict
     voted: bool = False
+    id: str = field(default_factory=lambda: secrets.token_hex(8))  # names its answers in ratings
 
 
 def pairwise_votes(ballot: Ballot, choice, session: str) -> list[Vote]:
@@ -59,8 +65,10 @@ def pairwise_votes(ballot: Ballot, choice, session: str) -> list[Vote]:
 class VoteRule:
     """Ballots per (session, mode), one vote each, and a per-session rate limit; votes go to `store`."""
 
-    def __init__(self, store: VoteStore, per_minute: int = 6, clock=time.monotonic):
+    def __init__(self, store: VoteStore, per_minute: int = 6, clock=time.monotonic,
+                 ratings: RatingStore | None = None):
         self.store = store
+        self.ratings = ratings
         self.per_minute = per_minute
         self.clock = clock
         self._ballots: collections.OrderedDict[tuple[str, str], Ballot] = collections.OrderedDict()
@@ -134,3 +142,21 @@ class VoteRule:
             wait = WINDOW_S - (now - times[0])
             raise ArenaError(f"at most {self.per_minute} votes a minute from one session: try again in {wait:.0f} s")
         times.append(now)
+
+    def rate(self, session: str, mode: str, column: int, score) -> Rating:
+        """Store (or change) the session's 1-5 rating of one answer of its open ballot."""
+        if self.ratings is None:
+            raise ArenaError("ratings are not kept on this server")
+        with self._lock:
+            ballot = self._ballots.get((session, mode))
+            if ballot is None or not ballot.conversations:
+                raise ArenaError("ask something first, then rate the answer")
+            if mode == "arena" and not ballot.voted:
+                raise ArenaError("rate the arena answers after your vote, once their names are shown")
+            if not 0 <= column < len(ballot.variants):
+                raise ArenaError(f"there is no answer {column + 1} to rate")
+            conversation = ballot.conversations[column]
+        if not conversation or conversation[-1]["role"] != "assistant" or not conversation[-1]["content"]:
+            raise ArenaError("this answer is empty: there is nothing to rate")
+        return self.ratings.put(Rating(ballot.variants[column], score, conversation, ballot.params, mode=mode,
+                                       session_id=session, answer=f"{ballot.id}/{column}"))

@@ -80,12 +80,52 @@ def preference_pairs(votes: list[Vote]) -> tuple[list[PreferencePair], int]:
     return pairs, len(votes) - len(pairs)
 
 
+@dataclass
+class VoteSelection:
+    """The pairs to train on, and how many votes were left out, by why."""
+
+    pairs: list[PreferencePair] = field(default_factory=list)
+    ties: int = 0
+    both_bad: int = 0
+    identical: int = 0  # decisive, but both answers word for word the same
+    other_winner: int = 0  # decisive, but won by another variant than the one asked for
+
+    def summary(self) -> str:
+        left = [(self.ties, "ties"), (self.both_bad, '"both bad"'), (self.identical, "identical answers"),
+                (self.other_winner, "won by another variant")]
+        text = ", ".join(f"{n} {what}" for n, what in left if n)
+        return f"{len(self.pairs)} pairs" + (f" (left out: {text})" if text else "")
+
+
+def select_pairs(votes: list[Vote], winner: str | None = None) -> VoteSelection:
+    """The preference pairs of the decisive votes, only those `winner` won when one is given."""
+    selection = VoteSelection()
+    for vote in votes:
+        pair = pair_from_vote(vote)
+        if vote.winner == "tie":
+            selection.ties += 1
+        elif vote.winner == "both_bad":
+            selection.both_bad += 1
+        elif pair is None:
+            selection.identical += 1
+        elif winner is not None and pair.chosen_variant != winner:
+            selection.other_winner += 1
+        else:
+            selection.pairs.append(pair)
+    return selection
+
+
+def write_pairs_jsonl(pairs: list[PreferencePair], path: str | Path) -> Path:
+    """The pairs as JSONL (the Leaderboard's export form), written atomically."""
+    text = "".join(json.dumps(pair.to_record(), ensure_ascii=False) + "\n" for pair in pairs)
+    atomic_write_text(Path(path), text)
+    return Path(path)
+
+
 def export_jsonl(votes: list[Vote], path: str | Path) -> ExportResult:
     """Write the pairs as JSONL (one object per line)."""
     pairs, skipped = preference_pairs(votes)
-    text = "".join(json.dumps(pair.to_record(), ensure_ascii=False) + "\n" for pair in pairs)
-    atomic_write_text(Path(path), text)
-    return ExportResult(Path(path), len(pairs), skipped)
+    return ExportResult(write_pairs_jsonl(pairs, path), len(pairs), skipped)
 
 
 def export_sharegpt(votes: list[Vote], path: str | Path) -> ExportResult:
@@ -101,13 +141,31 @@ def read_preference_pairs(path: str | Path) -> list[PreferencePair]:
 
     Errors name the file and the line (JSONL) or record number (JSON array, counted from 1).
     """
+    return [pair_from_record(record, where) for _, where, record in located_records(path)]
+
+
+def read_pairs_leniently(path: str | Path) -> tuple[list[tuple[int, PreferencePair]], list[tuple[int, str]]]:
+    """(record number, pair) for every usable record, and (record number, why) for the others: an evaluation
+    runs on what it can read and reports the rest, as a suite's malformed lines are."""
+    pairs, problems = [], []
+    for number, where, record in located_records(path):
+        try:
+            pairs.append((number, pair_from_record(record, where)))
+        except ArenaError as exc:
+            problems.append((number, str(exc).removeprefix(f"{where}: ")))
+    if not pairs:
+        first = "; ".join(f"record {n}: {why}" for n, why in problems[:3])
+        raise ArenaError(f"{path}: no usable preference pair ({first or 'the file is empty'})")
+    return pairs, problems
+
+
+def located_records(path: str | Path) -> list[tuple[int, str, object]]:
+    """(number, "FILE line N" or "FILE record N", record) for each record of a JSON array or JSONL file."""
     path = Path(path)
     text = read_text(path)
     if text.lstrip().startswith("["):
-        located = [(f"{path} record {n}", record) for n, record in enumerate(parse_json_array(path, text), 1)]
-    else:
-        located = [(f"{path} line {n}", record) for n, record in parse_jsonl(path, text)]
-    return [pair_from_record(record, where) for where, record in located]
+        return [(n, f"{path} record {n}", record) for n, record in enumerate(parse_json_array(path, text), 1)]
+    return [(n, f"{path} line {n}", record) for n, record in parse_jsonl(path, text)]
 
 
 def pair_from_record(record, where: str) -> PreferencePair:
@@ -134,7 +192,7 @@ def pair_from_flat(record: dict, where: str) -> PreferencePair:
         if record.get(key) is not None and not isinstance(record[key], str):
             raise ArenaError(f"{where}: '{key}' must be text or null")
     return PreferencePair(record["prompt"], record["chosen"], record["rejected"],
-                          [{"role": m["role"], "content": m["content"]} for m in history],
+                          system_turn(record, where) + [{"role": m["role"], "content": m["content"]} for m in history],
                           record.get("chosen_variant"), record.get("rejected_variant"))
 
 
@@ -148,7 +206,16 @@ def pair_from_sharegpt(record: dict, where: str) -> PreferencePair:
                          f"not {turns[-1]['from']!r}")
     chosen = sharegpt_answer(record.get("chosen"), f"{where}: 'chosen'")
     rejected = sharegpt_answer(record.get("rejected"), f"{where}: 'rejected'")
-    return PreferencePair(messages[-1]["content"], chosen, rejected, messages[:-1])
+    return PreferencePair(messages[-1]["content"], chosen, rejected, system_turn(record, where) + messages[:-1])
+
+
+def system_turn(record: dict, where: str) -> list[dict]:
+    """An optional top-level "system" field (LLaMA-Factory's and the Training tab's forms have one) as a message."""
+    system = record.get("system")
+    if system is None or system == "":
+        return []
+    require_text(system, f"{where}: 'system'")
+    return [{"role": "system", "content": system}]
 
 
 def sharegpt_turn(turn, where: str) -> dict:

@@ -145,13 +145,18 @@ class VoteStore:
         sqlite_store.migrate(self.path, "vote store", SCHEMA, SCHEMA_VERSION)
 
     def _vote_from_row(self, row: tuple) -> Vote:
-        record = dict(zip(COLUMNS, row))
-        for key in ("conversation_a", "conversation_b", "params"):
-            try:
-                record[key] = json.loads(record[key])
-            except ValueError:
-                raise ArenaError(f"{self.path}: vote {record['id']} has unreadable {key}") from None
-        return Vote(**record)
+        return Vote(**from_json(dict(zip(COLUMNS, row)), ("conversation_a", "conversation_b", "params"), self.path,
+                                "vote"))
+
+
+def from_json(record: dict, keys: tuple[str, ...], path: Path, what: str) -> dict:
+    """A row with its JSON columns decoded; an unreadable one is named by file, row id and column."""
+    for key in keys:
+        try:
+            record[key] = json.loads(record[key])
+        except ValueError:
+            raise ArenaError(f"{path}: {what} {record['id']} has unreadable {key}") from None
+    return record
 
 
 def to_json(value, label: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -30,6 +31,7 @@ class Column:
     stats: GenerationStats | None = None
     queue_position: int = 0  # while waiting for room on the device: 1 = next
     queue_seconds: float = 0.0
+    started: float = 0.0  # time.perf_counter() when this turn was sent: the elapsed time shown while answering
 
 
 def check_message(message: str, max_chars: int) -> str:
@@ -61,14 +63,15 @@ def answer_turn(engine: Engine, columns: list[Column], message: str, *, system: 
     user = {"role": "user", "content": message}
     if sent is not None:
         user["sent"] = sent
+    started = time.perf_counter()
     for column in columns:
         column.history = column.history + [dict(user), {"role": "assistant", "content": ""}]
-        column.stats = None
+        column.stats, column.started = None, started
     requests = [ChatRequest(c.variant, model_messages(c.history[:-1]), system, c.params) for c in columns]
     for event in engine.stream(requests, cancel):
         column = columns[event.index]
         column.queue_position, column.queue_seconds = event.queue_position, event.queue_seconds
-        if event.queue_position:
+        if event.queue_position:  # still waiting for room: only its place in line changed
             yield columns
             continue
         column.history[-1] = {"role": "assistant", "content": event.text}
@@ -90,23 +93,25 @@ def drop_last_turn(columns: list[Column]) -> str | None:
 
 
 def stats_line(column: Column) -> str:
-    """Under a column: its place in line while it waits, then how the answer went (time waited included)."""
+    """Under a column: its place in line while it waits, the time so far while it answers, then how it went."""
     if column.queue_position:
-        return f"waiting for room on the device: {_ordinal(column.queue_position)} in line · {column.queue_seconds:.1f} s"
+        return (f"waiting for room on the device: {ordinal(column.queue_position)} in line · "
+                f"{column.queue_seconds:.0f} s so far")
     stats = column.stats
     if stats is None:
-        return ""
+        return f"answering… {time.perf_counter() - column.started:.0f} s" if column.started else ""
     if stats.finish_reason == "cancelled" and not stats.new_tokens:
         return "stopped"
     tail = {"length": " · hit max tokens", "cancelled": " · stopped"}.get(stats.finish_reason, "")
-    waited = f"waited {stats.queue_seconds:.2f} s · " if stats.queue_seconds >= 0.05 else ""
+    waited = f"waited {stats.queue_seconds:.1f} s · " if stats.queue_seconds >= 0.05 else ""
     return (f"{waited}first token {stats.ttft_seconds:.2f} s · {stats.new_tokens} tokens · "
-            f"{stats.tokens_per_second:.1f} tok/s{tail}")
+            f"{stats.tokens_per_second:.1f} tok/s · {stats.queue_seconds + stats.total_seconds:.1f} s in all{tail}")
 
 
-def _ordinal(n: int) -> str:
+def ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
+
 
 
 def today() -> datetime.date:

@@ -2,6 +2,7 @@
 
     python -m evaluation run --suite evaluation/suites/starter.jsonl --variants base,ahoy --report report.md
     python -m evaluation run --suite evaluation/suites/mt_bench.jsonl --variants base,ahoy --judge base
+    python -m evaluation preference --pairs heldout.jsonl --variants base,ahoy,ahoy-dpo --report pref.md
     python -m evaluation generate-data --input reviews.csv --field text --template review_replies \\
         --teacher http://localhost:8000/v1?model=qwen --output replies.json
     python -m evaluation score --suite suite.jsonl --answers answers.jsonl --verdicts verdicts.jsonl --report r.md
@@ -37,12 +38,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--judge", default=None, help="a variant name or an OpenAI-compatible URL (http://host/v1?model=NAME)")
     run.add_argument("--report", default=None, help="Markdown report path (default: in the run folder)")
     run.add_argument("--max-new-tokens", type=int, default=256)
-    run.add_argument("--limit", type=int, default=None, help="only the first N cases")
+    run.add_argument("--limit", type=int, default=None, help="only N cases, taken in turn from each category")
     run.add_argument("--categories", default=None, help="comma-separated categories to run")
     run.add_argument("--stages", action="store_true",
                      help="the variants are successive stages of one fine-tune, in training order: also compare "
                           "each with the one before it and name the categories it forgot or won back")
     add_engine_args(run)
+    pref = commands.add_parser("preference", help="how often each variant prefers the chosen answer of held-out pairs")
+    pref.add_argument("--pairs", required=True, help="preference pairs: the Leaderboard's JSONL or a sharegpt JSON file")
+    pref.add_argument("--variants", default="base", help="comma-separated; the first is the reference (base, or the "
+                                                         "adapter a DPO run started from)")
+    pref.add_argument("--report", default=None, help="Markdown report path (default: in the run folder)")
+    pref.add_argument("--limit", type=int, default=None, help="only the first N pairs")
+    pref.add_argument("--batch-size", type=int, default=16, help="rows per forward pass")
+    pref.add_argument("--stages", action="store_true", help="as for run: each variant against the one before it")
+    add_engine_args(pref)
     gen = commands.add_parser("generate-data", help="make an instruction dataset with a teacher model")
     gen.add_argument("--input", required=True,
                      help="CSV, JSON/JSONL (the text in --field) or a text file, one text per line")
@@ -76,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_engine(args):
-    """Only `run` and `generate-data` with a local teacher need the model (and torch); `score` and `import` do not."""
+    """Only `run`, `preference` and `generate-data` with a local teacher need the model (and torch); `score` and `import` do not."""
     from models import Engine
 
     return Engine.load(engine_config_from_args(args))
@@ -100,13 +110,29 @@ def command_run(args) -> None:
     print(f"report: {paths['markdown']} (and {paths['html'].name}, {paths['chart'].name}); answers: {run.run_dir / 'answers.jsonl'}")
 
 
-def run_with_progress_bar(engine, cfg, judge):
+def command_preference(args) -> None:
+    from .preference import run_preference
+    from .report import write_report
+    from .runner import EvalConfig
+
+    cfg = EvalConfig(suite=args.pairs, variants=[v.strip() for v in args.variants.split(",") if v.strip()],
+                     limit=args.limit, stages=args.stages)
+    engine = load_engine(args)
+    run = run_with_progress_bar(engine, cfg, None, lambda engine, cfg, data_dir, judge, progress: run_preference(
+        engine, cfg, data_dir, progress=progress, batch_size=args.batch_size))
+    paths = write_report(run, args.report)
+    print(paths["markdown"].read_text(encoding="utf-8").split("## Per case")[0])
+    print(f"report: {paths['markdown']} (and {paths['html'].name}, {paths['chart'].name})")
+
+
+def run_with_progress_bar(engine, cfg, judge, run_function=None):
     from tqdm import tqdm
 
     from .runner import Progress, run_evaluation
 
     progress, result = Progress(), {}
-    worker = threading.Thread(target=lambda: result.update(run=_capture(run_evaluation, engine, cfg,
+    work = run_function or run_evaluation
+    worker = threading.Thread(target=lambda: result.update(run=_capture(work, engine, cfg,
                                                                         engine.config.data_dir, judge, progress)))
     worker.start()
     live = sys.stderr.isatty()  # into a log file, one line per finished case rather than one per 0.5 s
@@ -169,8 +195,8 @@ def command_import(args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = {"run": command_run, "generate-data": command_generate, "score": command_score,
-               "import": command_import}[args.command]
+    command = {"run": command_run, "preference": command_preference, "generate-data": command_generate,
+               "score": command_score, "import": command_import}[args.command]
     return run_command(lambda: command(args), interrupted="interrupted: stored answers are reused when you run it again")
 
 

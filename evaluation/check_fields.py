@@ -86,6 +86,15 @@ def validate_choice(check: dict) -> str:
     return ""
 
 
+def validate_preference(check: dict) -> str:
+    texts = [check.get("chosen"), check.get("rejected")]
+    if not all(isinstance(t, str) and t.strip() for t in texts):
+        return "'chosen' and 'rejected' must be non-empty strings"
+    if texts[0].strip() == texts[1].strip():
+        return "'chosen' and 'rejected' are the same text: nothing to prefer"
+    return ""
+
+
 def validate_calls(check: dict) -> str:
     calls = check.get("calls")
     if not isinstance(calls, list) or not calls:

@@ -4,8 +4,8 @@ A new check type is one `CheckType` entry here (plus its validator in `evaluatio
 scorer in `evaluation.checks`); the loader, the runner and the tests all read this table.
 
 Most types are scored from the answer text alone (`ANSWER`). Two need the model again, so the runner
-scores them: `choice` from the log-likelihood of each choice (`LIKELIHOOD`; nothing is generated for
-it) and `judge` by a judge model (`JUDGE`).
+scores them: `choice` and `preference` from the log-likelihood of each choice or answer (`LIKELIHOOD`;
+nothing is generated for them) and `judge` by a judge model (`JUDGE`).
 """
 from __future__ import annotations
 
@@ -57,6 +57,9 @@ CHECK_TYPES = registry(
               {"type": "numeric", "answer": 42}, checks.check_numeric),
     CheckType("choice", ("choices", "answer"), (), fields.validate_choice,
               {"type": "choice", "choices": ["Paris", "Lyon"], "answer": 0}, scored_by=LIKELIHOOD),
+    CheckType("preference", ("chosen", "rejected"), (), fields.validate_preference,
+              {"type": "preference", "chosen": "Paris is the capital.", "rejected": "Lyon is the capital."},
+              scored_by=LIKELIHOOD),
     CheckType("function_call", ("calls",), (), fields.validate_calls,
               {"type": "function_call", "calls": [{"name": "get_weather", "arguments": {"city": ["Paris"]}}]},
               checks.check_function_call, fits_tools=fields.calls_match_tools, notes=fields.calls_notes),

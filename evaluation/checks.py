@@ -227,6 +227,14 @@ def score_choice(logprobs: list[float], choice_texts: list[str], answer: int) ->
     return CheckResult(type="choice", passed=acc, score=float(acc_norm), detail=detail)
 
 
+def score_preference(chosen_logprob: float, rejected_logprob: float) -> CheckResult:
+    """A preference pair: passed when the variant gives the chosen answer the higher log-likelihood (sums over
+    tokens, as DPO's log-ratios use them; a longer answer starts lower, which a reference variant cancels out)."""
+    margin = chosen_logprob - rejected_logprob
+    detail = f"chosen {chosen_logprob:.2f}, rejected {rejected_logprob:.2f} (margin {margin:+.2f})"
+    return CheckResult(type="preference", passed=margin > 0, score=float(margin > 0), detail=detail)
+
+
 def case_passed(results: list[CheckResult]) -> bool | None:
     """True when every decided check passed; None when no check could be decided."""
     decided = [r.passed for r in results if r.passed is not None]

@@ -18,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import json_repair
 from pydantic import ValidationError
@@ -241,8 +243,13 @@ def load_progress(path: Path, settings: dict) -> dict[int, Outcome]:
 
 def generate_data(input_path, field: str | None, template: Template | str, teacher, output_path,
                   max_retries: int = 2, dedupe_threshold: float = 0.7, limit: int | None = None,
-                  progress: bool = True) -> GenerationReport:
-    """Ask `teacher` (anything with complete(messages) -> str) about every input text; see the module doc."""
+                  progress: bool = True, cancel: threading.Event | None = None,
+                  on_progress: Callable[[int, int], None] | None = None) -> GenerationReport:
+    """Ask `teacher` (anything with complete(messages) -> str) about every input text; see the module doc.
+
+    `cancel` stops the run before the next text (what was made is written); `on_progress(done, total)`
+    is told after each text, for a UI.
+    """
     from tqdm import tqdm
 
     template = load_template(template) if isinstance(template, str) else template
@@ -264,13 +271,20 @@ def generate_data(input_path, field: str | None, template: Template | str, teach
                  unit="text", desc="generate") as bar:
         if fresh:
             log.write({"settings": settings})  # the first line says what the rest was made with
+        if on_progress is not None:
+            on_progress(len(outcomes), len(texts))
         try:
             for row, text in bar:
+                if cancel is not None and cancel.is_set():
+                    report.stopped = "cancelled"
+                    break
                 outcome = process(teacher, template, row, text, max_retries, dedupe)
                 outcomes.append(outcome)
                 failures_in_a_row = failures_in_a_row + 1 if outcome.reason == "teacher_error" else 0
                 if outcome.reason != "teacher_error":  # teacher errors are asked again next run
                     log.write(asdict(outcome))
+                if on_progress is not None:
+                    on_progress(len(outcomes), len(texts))
                 if failures_in_a_row >= MAX_TEACHER_ERRORS_IN_A_ROW:
                     report.stopped = f"the teacher failed {failures_in_a_row} times in a row: {outcome.detail}"
                     break

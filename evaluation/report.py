@@ -185,8 +185,11 @@ def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, steps: pd.Da
     names = [plain(v) for v in variants]
     cases = len({r.case_id for r in run.results if r.turn == 1})
     turns = len({r.case_id for r in run.results})
+    reused = sum(r.reused for r in run.results)
     how = (f"Answers read from {plain(run.answers_from)}, scored without a model." if run.answers_from else
-           f"Greedy, max {run.config.max_new_tokens} new tokens. {run.seconds:.0f} s.")
+           (f"Log-likelihoods of each pair's answers, nothing generated. {run.seconds:.0f} s." if run.sections else
+            f"Greedy, max {run.config.max_new_tokens} new tokens. {run.seconds:.0f} s.")
+           + (f" Reused stored answers: {reused} (same weights, case and settings)." if reused else ""))
     lines = [f"# Evaluation: {plain(run.suite_name)}", "",
              f"Variants: {', '.join(names)}. Cases: {cases}" + (f" ({turns} turns)" if turns > cases else "") + ". "
              + how + (" **Cancelled before the end.**" if run.cancelled else ""), ""]
@@ -196,6 +199,7 @@ def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, steps: pd.Da
     if run.notes:
         lines += [f"{len(run.notes)} note(s) on the suite: "
                   + "; ".join(f"line {n}: {short(why, 200)}" for n, why in run.notes[:10]), ""]
+    lines += run.sections
     lines += check_lines(run.results)
     if run.judge_graded:
         lines += [f"Judge: {run.judge_graded} grades, {run.judge_unparsed} unparseable after retries (counted as undecided).", ""]
@@ -221,8 +225,21 @@ def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, steps: pd.Da
         if not later.empty:
             lines += differences_table("## Stage by stage (each variant against the one before it)", later)
         lines += ["## Forgetting and recovery across the stages", "", *forgetting_lines(steps), ""]
+    lines += ratings_table(run.ratings)
     lines += per_case_table(run)
     return "\n".join(lines) + "\n"
+
+
+def ratings_table(ratings: list[dict]) -> list[str]:
+    """People's 1-5 ratings (Compare and Arena) of answers to this suite's own prompts, when there are any."""
+    if not ratings:
+        return []
+    lines = ["## People's ratings of these prompts (1 to 5, from Compare and Arena)", "",
+             "| variant | mean | 95% interval | ratings |", "|---|---|---|---|"]
+    for r in ratings:
+        lines.append(f"| {plain(r['variant'])} | {r['mean']:.2f} | [{r['ci_low']:.2f}, {r['ci_high']:.2f}] "
+                     f"| {r['ratings']} |")
+    return lines + [""]
 
 
 def check_lines(results) -> list[str]:
@@ -293,8 +310,9 @@ def write_report(run, path: Path | None = None) -> dict[str, Path]:
     page = to_html(markdown.replace(f"]({chart.name})", f"]({inline})"))
     html_path = target.with_suffix(".html")
     atomic_write_text(html_path, page)
-    scores.to_csv(target.with_name(target.stem + "-scores.csv"), index=False)
-    return {"markdown": target, "html": html_path, "chart": chart}
+    scores_path = target.with_name(target.stem + "-scores.csv")
+    scores.to_csv(scores_path, index=False)
+    return {"markdown": target, "html": html_path, "chart": chart, "scores": scores_path}
 
 
 def to_html(markdown: str) -> str:

@@ -21,7 +21,7 @@ class EvalConfig:
     variants: list[str]
     judge: str | None = None  # a variant name or an OpenAI-compatible URL
     max_new_tokens: int = 256
-    limit: int | None = None  # the first N cases only
+    limit: int | None = None  # N cases, taken in turn from each category (runner.across_categories)
     categories: list[str] | None = None
     stages: bool = False  # the variants are successive stages of one fine-tune, in training order
 
@@ -66,6 +66,8 @@ class EvalRun:
     cancelled: bool = False
     notes: list[tuple[int, str]] = field(default_factory=list)  # suite lines kept with a remark
     answers_from: str = ""  # set when the answers were read from a file (`score`), not generated
+    sections: list[str] = field(default_factory=list)  # Markdown a special view adds (evaluation.preference)
+    ratings: list[dict] = field(default_factory=list)  # arena.ratings.rating_table rows for the suite's prompts
 
 
 def turn_id(case: Case, turn: int) -> str:

@@ -18,7 +18,7 @@ from kernel.files import JsonlAppender
 
 from .case import Case
 from .check_types import JUDGE, LIKELIHOOD, check_type, run_check
-from .checks import CheckResult, case_passed, score_choice
+from .checks import CheckResult, case_passed, score_choice, score_preference
 from .results import CaseResult, EvalConfig, EvalRun, mean_score, turn_id  # noqa: F401 (imported from here too)
 from .store import AnswerStore, fingerprint, variant_fingerprint
 from .suite import load_suite
@@ -52,7 +52,18 @@ def system_for(case: Case) -> str | None:
 def select_cases(cases: list[Case], cfg: EvalConfig) -> list[Case]:
     if cfg.categories:
         cases = [c for c in cases if c.category in set(cfg.categories)]
-    return cases[: cfg.limit] if cfg.limit else cases
+    return across_categories(cases, cfg.limit) if cfg.limit else cases
+
+
+def across_categories(cases: list[Case], limit: int) -> list[Case]:
+    """`limit` cases taken in turn from each category (the first of each, then the second...), in suite
+    order: a suite's first rows are often one category, and a short run should still cover them all."""
+    by_category: dict[str, list[int]] = {}
+    for position, case in enumerate(cases):
+        by_category.setdefault(case.category, []).append(position)
+    rounds = max((len(p) for p in by_category.values()), default=0)
+    picked = [p[i] for i in range(rounds) for p in by_category.values() if i < len(p)][:limit]
+    return [cases[i] for i in sorted(picked)]
 
 
 def run_evaluation(engine: Engine, cfg: EvalConfig, data_dir: Path, judge=None, progress: Progress | None = None,
@@ -84,6 +95,7 @@ def run_evaluation(engine: Engine, cfg: EvalConfig, data_dir: Path, judge=None, 
     if judge is not None and not run.cancelled:
         progress.update(len(cases), len(cases), "judging Arena votes")
         run.vote_agreement = judge_vote_agreement(judge, Path(data_dir))
+    run.ratings = people_ratings(cases, cfg.variants, Path(data_dir))
     progress.update(len(cases), len(cases), "cancelled" if run.cancelled else "done")
     run.seconds = time.time() - started
     return run
@@ -138,6 +150,9 @@ def answers_for(engine, case, turn, conversations, system, params, store, weight
 
 def check_one(engine, variant, case, check, conversation, turn, answer, system, judge, run) -> CheckResult:
     scored_by = check_type(check).scored_by
+    if scored_by == LIKELIHOOD and check["type"] == "preference":
+        chosen, rejected = engine.loglikelihood(variant, case.messages, [check["chosen"], check["rejected"]], system=system)
+        return score_preference(chosen.logprob, rejected.logprob)
     if scored_by == LIKELIHOOD:
         scored = engine.loglikelihood(variant, case.messages, check["choices"], system=system)
         return score_choice([c.logprob for c in scored], check["choices"], check["answer"])
@@ -194,3 +209,18 @@ def judge_vote_agreement(judge, data_dir: Path, limit: int = 50) -> str:
         verdicts[(prompt, vote.variant_a, vote.variant_b)] = grade_pairwise(
             judge, prompt, vote.conversation_a[-1]["content"], vote.conversation_b[-1]["content"])
     return agreement_with_votes(verdicts, votes).summary()
+
+
+def people_ratings(cases: list[Case], variants: list[str], data_dir: Path) -> list[dict]:
+    """Mean 1-5 ratings (with intervals) people gave in Compare and Arena to answers to these cases' prompts."""
+    from arena.ratings import RatingStore, rating_table, ratings_of_prompts
+
+    path = DataDir(data_dir).ratings_db
+    if not path.is_file():
+        return []
+    conversations = []
+    for case in cases:
+        asked = [m["content"] for m in case.messages if m["role"] == "user"]
+        conversations += [asked + case.followups[:turn] for turn in range(case.turns)]
+    found = ratings_of_prompts(RatingStore(path).all(), conversations)
+    return rating_table(found, order=variants).to_dict("records") if found else []

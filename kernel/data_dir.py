@@ -8,10 +8,12 @@
       uploads/                   suites uploaded in the Evaluate tab
       exports/votes-<time>.*     Arena votes exported as preference pairs
       votes.sqlite               Arena and Compare votes
+      ratings.sqlite             1-to-5 ratings of single answers (Compare, and Arena after the reveal)
       jobs.sqlite, jobs/<id>/    training jobs and each one's config, log, metrics and checkpoints
       eval.sqlite                evaluation answers, reused when nothing they depend on changed
       adapter_decisions.json     "serve anyway" / "do not serve" per adapter whose named base is another model
       evaluations/<time>-<suite>/  one evaluation run: its answers and reports
+      runs/<id>.json             the Evaluate tab's background runs (evaluations, dataset generation), listed after a reload
 
 DATA is --data-dir, else $ARENA_DATA_DIR, else ./arena_data (`resolve_data_dir`).
 """
@@ -87,6 +89,10 @@ class DataDir:
     def evaluations(self) -> Path:
         return self.root / "evaluations"
 
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
     # databases
     @property
     def adapter_decisions(self) -> Path:
@@ -96,6 +102,10 @@ class DataDir:
     @property
     def votes_db(self) -> Path:
         return self.root / "votes.sqlite"
+
+    @property
+    def ratings_db(self) -> Path:
+        return self.root / "ratings.sqlite"
 
     @property
     def jobs_db(self) -> Path:
@@ -112,12 +122,23 @@ class DataDir:
     def job(self, job_id: str) -> Path:
         return self.jobs / job_id
 
+    def run_record(self, run_id: str) -> Path:
+        return self.runs / f"{run_id}.json"
+
     def evaluation_run(self, suite_name: str) -> Path:
         """A new run's folder, named by when it started and the suite it ran."""
         return self.evaluations / f"{stamp()}-{suite_name}"
 
     def votes_export(self, suffix: str) -> Path:
         return self.exports / f"votes-{stamp()}.{suffix}"
+
+    def heldout_pairs(self, adapter_name: str) -> Path:
+        """A preference job's validation pairs, beside the exports, for the preference view."""
+        return self.exports / f"heldout-{adapter_name}.jsonl"
+
+    def votes_dataset(self, adapter_name: str) -> Path:
+        """The pairs the Leaderboard's "Train on these votes" hands to a DPO job making `adapter_name`."""
+        return self.datasets / f"votes-{adapter_name}-{stamp()}.jsonl"
 
     def dataset(self, name: str) -> Path:
         """A generated dataset's file: the name given, with .json added when it lacks it."""

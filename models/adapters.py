@@ -17,6 +17,8 @@ from kernel.errors import ArenaError, first_line
 
 from .base import LoadedBase
 from .fit import card_base, judge_name
+from .module_copies import carried, vocabulary_reason
+from .module_copies import describe as describe_carried
 from .safetensors_header import FLOAT_DTYPES, read_safetensors_header  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ class AdapterInfo:
     base_model: str = ""
     card: dict = field(default_factory=dict)
     trainable_parameters: int | None = None
+    carries: dict[str, float] = field(default_factory=dict)  # module -> MB saved beyond LoRA (modules_to_save...)
     served_by: str = ""  # once loaded: which backend path answers with it, and why when it is not the usual one
     card_base: str = ""  # base_model in the folder's README.md (the Hub's model card)
     fit_note: str = ""  # the named base differs but the weights fit: said, not refused
@@ -121,6 +124,7 @@ class AdapterInfo:
             "note": " ".join(filter(None, [self.fit_warning and f"warning: {self.fit_warning}", self.fit_note,
                                            self.decision and f"({self.decision})"])),
             "step": self.step, "epoch": self.epoch, "train_loss": self.train_loss, "eval_loss": self.eval_loss,
+            "carries": describe_carried(self.carries),
         }
 
     @property
@@ -276,6 +280,10 @@ def _compatibility(info: AdapterInfo, base: LoadedBase) -> str:
     header = read_safetensors_header(info.path / WEIGHTS_FILE)
     if not header:
         return f"{WEIGHTS_FILE} holds no tensors"
+    info.carries = carried(header)  # shown beside the adapter, loaded or not
+    reason = vocabulary_reason(header, base.model)
+    if reason:
+        return reason
     modules = {name: _unwrapped(m) for name, m in base.model.named_modules()}
     # A list names module suffixes; a single string may be a regex or "all-linear", left to PEFT.
     if len(info.target_modules) > 1 or (info.target_modules and re.fullmatch(r"\w+", info.target_modules[0])
@@ -340,10 +348,13 @@ def targets_reason(targets: list[str], modules: dict[str, torch.nn.Module]) -> s
 
 
 def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
-    """The base layer inside a layer PEFT already wrapped for another adapter."""
-    while isinstance(getattr(module, "base_layer", None), torch.nn.Module):
-        module = module.base_layer
-    return module
+    """The base layer inside a layer PEFT already wrapped for another adapter (LoRA, or a modules_to_save copy)."""
+    while True:
+        inner = getattr(module, "base_layer", None)
+        inner = inner if isinstance(inner, torch.nn.Module) else getattr(module, "original_module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return module
+        module = inner
 
 
 def _wrappable(module: torch.nn.Module) -> bool:

@@ -55,7 +55,9 @@ class LoadedBase:
 
     @property
     def parameters(self) -> int:
-        return sum(p.numel() for n, p in self.model.named_parameters() if "lora_" not in n)
+        # Adapters' weights inside the model (LoRA, a PEFT copy of a whole module) are not the base's.
+        return sum(p.numel() for n, p in self.model.named_parameters()
+                   if "lora_" not in n and ".modules_to_save." not in n)
 
 
 def short_name(name_or_path: str) -> str:

@@ -24,6 +24,7 @@ from . import discovery, fit
 from .adapters import WEIGHTS_FILE, AdapterInfo, check_compatible
 from .backend import BASE_ROW, Backend, Row, ScoreRow, forced_dtype
 from .base import load_base
+from .device_queue import Cancelled
 from .batched.backend import load_batched
 from .hf_backend import HFBackend
 from .prompts import build_prompt_ids, normalize_messages
@@ -58,6 +59,16 @@ class Continuation:
     text: str
     logprob: float  # sum over the continuation's tokens
     tokens: int
+
+
+@dataclass
+class ScoreRequest:
+    """One continuation to score: its log-probability as `variant`'s answer after `messages`."""
+
+    variant: str
+    messages: list[dict] | str
+    continuation: str
+    system: str | None = None
 
 
 @dataclass
@@ -344,6 +355,29 @@ class Engine:
         finally:
             self._use([adapter], -1)
         return [Continuation(text, logprob, len(ids)) for text, logprob, ids in zip(continuations, scores, options)]
+
+    def loglikelihood_batch(self, requests: list[ScoreRequest], batch_size: int = 16,
+                            cancel: threading.Event | None = None) -> list[Continuation]:
+        """Log-probabilities of many (variant, conversation, continuation) rows, each through its own adapter.
+        Rows go to the backend `batch_size` at a time, sorted by length so little of each pass is padding; the
+        batched backend mixes adapters within a pass, the reference groups them."""
+        rows = []
+        for request in requests:
+            ids = self.tokenizer(request.continuation, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ArenaError("every continuation needs some text")
+            prompt = build_prompt_ids(self.tokenizer, normalize_messages(request.messages, request.system))
+            rows.append(ScoreRow(self._adapter_for(request.variant), prompt, ids))
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt_ids) + len(rows[i].continuation_ids))
+        scores: list[float] = [0.0] * len(rows)
+        for start in range(0, len(order), batch_size):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            chunk = order[start:start + batch_size]
+            for i, value in zip(chunk, self.backend.loglikelihood([rows[i] for i in chunk], cancel)):
+                scores[i] = value
+        return [Continuation(r.continuation, score, len(row.continuation_ids))
+                for r, score, row in zip(requests, scores, rows)]
 
     def variant_identity(self, variant: str) -> tuple:
         """What identifies the weights a variant answers with: the base (and its precision), an adapter's file.

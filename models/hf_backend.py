@@ -25,6 +25,7 @@ from .adapters import AdapterInfo
 from .backend import BASE_ROW, Either, Row, ScoreRow, drain, memory_mb
 from .base import LoadedBase
 from .device_queue import Cancelled, DeviceQueue
+from .module_copies import COPYABLE, split_copies, swapped_in
 from .runner import HFRunner
 from .streaming import GenerationStats, StreamEvent
 
@@ -40,6 +41,7 @@ class HFBackend:
         self.runner = HFRunner(base.model, base.tokenizer, base.device)
         self._peft = None  # a PeftModel around base.model once the first adapter is attached
         self._dora: set[str] = set()
+        self._copies: dict[str, dict[str, torch.Tensor]] = {}  # adapter -> its own lm_head/embed_tokens
 
     @property
     def context_limit(self) -> int:
@@ -73,11 +75,17 @@ class HFBackend:
         from peft import PeftConfig, PeftModel
 
         try:
+            config = PeftConfig.from_pretrained(str(info.path))
+            config.inference_mode = True
+            lora, copies = self._read_whole_modules(info, config)
             if self._peft is None:
-                config = PeftConfig.from_pretrained(str(info.path))
-                config.inference_mode = True
                 self._peft = PeftModel(self.base.model, config, adapter_name=info.name)
-            self._peft.load_adapter(str(info.path), adapter_name=info.name, is_trainable=False)
+            if lora is None:
+                self._peft.load_adapter(str(info.path), adapter_name=info.name, is_trainable=False)
+            else:
+                self._load_lora_part(info.name, config, lora)
+                if copies:
+                    self._copies[info.name] = copies
             self._peft.eval()
         except Exception as exc:  # PEFT raises many kinds; the adapter is skipped, the server goes on
             try:
@@ -92,8 +100,32 @@ class HFBackend:
             self._dora.add(info.name)
         return ""
 
+    @staticmethod
+    def _read_whole_modules(info: AdapterInfo, config):
+        """(LoRA part, copies) of an adapter that carries whole modules; (None, None) for a plain one."""
+        from safetensors.torch import load_file
+
+        from .adapters import WEIGHTS_FILE
+
+        if not config.modules_to_save and not any(m.startswith(COPYABLE) for m in info.carries):
+            return None, None
+        lora, copies = split_copies(load_file(str(info.path / WEIGHTS_FILE)))
+        config.modules_to_save = None  # PEFT must not wrap the shared modules: the copies are swapped in per row
+        return lora, copies
+
+    def _load_lora_part(self, name: str, config, lora: dict) -> None:
+        from peft import set_peft_model_state_dict
+
+        if name not in self._peft.peft_config:
+            self._peft.add_adapter(name, config)
+        result = set_peft_model_state_dict(self._peft, lora, adapter_name=name)
+        missing = [k for k in result.missing_keys if f".{name}." in k and "lora_" in k]
+        if missing:
+            raise ArenaError(f"the file has no weights for {missing[0]}")
+
     def _detach(self, name: str) -> None:
         self._dora.discard(name)
+        self._copies.pop(name, None)
         if self._peft is None or name not in self._peft.peft_config:
             return
         if len(self._peft.peft_config) == 1:
@@ -129,10 +161,10 @@ class HFBackend:
             with self.device.hold(cancel, on_wait=waiting):
                 wait = time.perf_counter() - queued
                 self._check_still_loaded(rows)
-                for group, mixed in self._groups(rows):
+                for group in self._groups(rows):
                     if cancel.is_set():
                         break
-                    self._run_group(group, emit, cancel, wait, mixed)
+                    self._run_group(group, emit, cancel, wait)
         except Cancelled:
             for row in rows:
                 emit(StreamEvent(row.index, row.variant, "", "", done=True,
@@ -152,35 +184,29 @@ class HFBackend:
                                  "pick it again and resend")
 
     def _groups(self, rows: list[Row]):
-        """Rows with the same sampling settings share one batch; DoRA rows run alone (PEFT can't mix them)."""
-        batches: dict[str, list[Row]] = {}
-        alone = []
+        """Rows with the same sampling settings share one batch. Rows of a DoRA adapter (PEFT can't mix
+        them) or of one with its own lm_head/embed_tokens (swapped in for its rows) run as their own batch."""
+        batches: dict[tuple[str, str], list[Row]] = {}
         for row in rows:
-            if row.adapter in self._dora:
-                alone.append(([row], False))
-            else:
-                key = json.dumps(row.params.to_dict(), sort_keys=True)
-                batches.setdefault(key, []).append(row)
-        return [(group, True) for group in batches.values()] + alone
+            own = row.adapter in self._dora or row.adapter in self._copies
+            key = (json.dumps(row.params.to_dict(), sort_keys=True), row.adapter if own else "")
+            batches.setdefault(key, []).append(row)
+        return list(batches.values())
 
-    def _run_group(self, group: list[Row], emit, cancel, wait, mixed) -> None:
+    def _run_group(self, group: list[Row], emit, cancel, wait) -> None:
         # A long history leaves less room: answer up to the end of the context rather than fail.
         params = group[0].params
         room = self.context_limit - max(len(row.prompt_ids) for row in group)
         if params.max_new_tokens > room:
             params = dataclasses.replace(params, max_new_tokens=room)
         adapters = {row.adapter for row in group}
-        if self._peft is None or not mixed or len(adapters) > 1:
-            if not mixed:
-                self._peft.set_adapter(group[0].adapter)
-            self.runner.run(group, params, self._peft, emit, cancel, wait, mixed=mixed)
-        elif adapters == {BASE_ROW}:
-            # Every row wants the base: switch LoRA off rather than pay for PEFT's per-row routing (~10%).
-            with self._peft.disable_adapter():
+        if self._peft is None or len(adapters) > 1:
+            self.runner.run(group, params, self._peft, emit, cancel, wait, mixed=True)
+        else:
+            # One adapter for every row: the plain active-adapter path is faster than a mixed batch, and
+            # for the base, LoRA switched off beats PEFT's per-row routing (~10%).
+            with self._adapter_active(group[0].adapter):
                 self.runner.run(group, params, self._peft, emit, cancel, wait, mixed=False)
-        else:  # one adapter for every row: the plain active-adapter path is faster than a mixed batch
-            self._peft.set_adapter(group[0].adapter)
-            self.runner.run(group, params, self._peft, emit, cancel, wait, mixed=False)
 
     def loglikelihood(self, rows: list[ScoreRow], cancel: threading.Event | None = None) -> list[float]:
         """Rows grouped by adapter; each group one padded forward pass with that adapter active."""
@@ -209,7 +235,8 @@ class HFBackend:
                 yield
         else:
             self._peft.set_adapter(adapter)
-            yield
+            with swapped_in(self.base.model, self._copies.get(adapter, {})):
+                yield
 
     def info(self) -> dict:
         return {"backend": "hf (transformers generate + PEFT, one call at a time)", "memory_mb": memory_mb(self.base),

@@ -61,16 +61,16 @@ class HFRunner:
         rows = [prompt + option for prompt, option in pairs]
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in sequences], device=self.device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in sequences], device=self.device)
         with torch.inference_mode():
             logits = self.base_model(input_ids=ids, attention_mask=mask).logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
         scores = []
         for row, (prompt, option) in enumerate(pairs):
             # the token at position p is predicted by the logits at p - 1
-            positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(option), device=self.device)
-            targets = torch.tensor(option, device=self.device)
+            positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(continuation), device=self.device)
+            targets = torch.tensor(continuation, device=self.device)
             scores.append(float(logprobs[row, positions, targets].sum()))
         return scores
 

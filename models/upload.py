@@ -109,6 +109,8 @@ def _unpack(files: list[Path], target: Path, max_bytes: int) -> list[str]:
             raise ArenaError(f"uploaded file {path.name} cannot be read")
     _check_size("the upload is", sum(p.stat().st_size for p in files), max_bytes)
     zips = [p for p in files if p.suffix.lower() == ".zip"]
+    if len(zips) > 1:
+        raise ArenaError(f"upload one .zip at a time, not {len(zips)} ({', '.join(p.name for p in zips)})")
     if zips and len(files) > 1:
         raise ArenaError("upload either one .zip or the adapter files, not both")
     if zips:

@@ -109,6 +109,23 @@ def launch_app():
             ctx.jobs.stop()
 
 
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by Playwright, one per browser-test module (Playwright's sync API allows one
+    running instance per thread, and it is closed before the next module's starts)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
 @pytest.fixture
 def chat_server():
     """start(respond) -> a running OpenAI-compatible server (tests/chat_server.py); all closed after the test."""

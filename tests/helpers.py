@@ -146,3 +146,20 @@ def in_process(main, argv: list, capsys) -> subprocess.CompletedProcess:
         root.handlers[:], root.level = handlers, level
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(argv, code, out, err)
+
+
+def make_peft_adapter(base_path: Path, target: Path, seed: int, **lora) -> Path:
+    """An adapter made by PEFT with any LoraConfig fields (modules_to_save, LoRA on embeddings, rsLoRA...),
+    its LoRA and its saved modules' copies moved off the base's values so every part changes the answers."""
+    model = AutoModelForCausalLM.from_pretrained(base_path)
+    torch.manual_seed(seed)
+    lora.setdefault("r", 8)
+    peft_model = get_peft_model(model, LoraConfig(lora_alpha=2 * lora["r"], init_lora_weights=False, **lora))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name:
+                param.mul_(20)
+            elif ".modules_to_save." in name:
+                param.add_(torch.randn_like(param))
+    peft_model.save_pretrained(target)
+    return target

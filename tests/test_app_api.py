@@ -187,12 +187,14 @@ def test_leaderboard_and_exports_from_known_votes(launch_app, tmp_path, tiny_mod
         store.add(Vote("tuned", "base", winner, chat("tuned answer"), chat("base answer"), mode="arena"))
     _, url = launch_app(engine)
     client = Client(url, verbose=False)
-    summary, table, _ = client.predict(api_name="/leaderboard")
+    summary, table, _, _ = client.predict(api_name="/leaderboard")
     assert summary.startswith("10 votes (10 blind arena")
     rows = {row[1]: dict(zip(table["headers"], row)) for row in table["data"]}
-    assert rows["tuned"]["battles"] == 10 and rows["tuned"]["wins"] == 6 and rows["tuned"]["ties"] == 2
-    assert rows["tuned"]["win_rate"] == pytest.approx(0.7)
-    assert rows["tuned"]["score"] > rows["base"]["score"]
+    assert rows["tuned"]["battles"] == "10" and rows["tuned"]["wins"] == "6" and rows["tuned"]["ties"] == "2"
+    assert rows["tuned"]["win rate"] == "70%"
+    assert int(rows["tuned"]["score"]) > int(rows["base"]["score"])
+    low, high = (int(x) for x in rows["tuned"]["95% interval"].split(" – "))
+    assert low <= int(rows["tuned"]["score"]) <= high
     path = client.predict(api_name="/export_pairs")
     pairs = read_preference_pairs(path)
     assert len(pairs) == 8 and sum(p.chosen == "tuned answer" for p in pairs) == 6

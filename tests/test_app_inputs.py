@@ -99,8 +99,12 @@ def test_a_configured_endpoint_is_offered_by_name_and_gets_only_its_own_key(laun
     texts = tmp_path / "texts.txt"
     texts.write_text("The sky is blue.\n", encoding="utf-8")
     client = Client(url, verbose=False)
-    status = client.predict(handle_file(str(texts)), "text", "qa_pairs", "teacher", "sky.json", api_name="/generate_data")
+    status, _ = client.predict(handle_file(str(texts)), "text", "qa_pairs", "teacher", "sky.json",
+                               api_name="/generate_data")
     assert "sky.json" in status
+    run = ctx.evals.latest()  # the generation runs in the background, listed with the evaluations
+    wait_for(lambda: run.status != "running", timeout=60, what="the generation to end")
+    assert run.status == "done", run.error
     assert [r["headers"]["Authorization"] for r in server.requests] == ["Bearer sk-teacher-only"]
     assert server.requests[0]["body"]["model"] == "qwen"
 

@@ -20,8 +20,10 @@ VISITOR_FUNCTIONS = {
     "compare_send", "_send", "compare_regenerate", "compare_stop", "compare_clear", "forget", "_show_columns",
     "_refresh_variants", "compare_vote_best", "compare_vote_tie", "compare_vote_all_bad",
     "arena_send", "arena_stop", "arena_vote_a", "arena_vote_b", "arena_vote_tie", "arena_vote_both_bad",
-    "arena_new_battle",
+    "arena_new_battle", "_matchup_choices",  # which adapter was trained on top of which: names every visitor sees
+    "compare_rate", "arena_rate_a", "arena_rate_b",  # 1-5 ratings, through the vote rule
     "_refresh", "leaderboard",  # the leaderboard's scores: counts and ratings, no conversation
+    "_adapter_choices",  # the adapter names of the train-on-votes form
     "apply_preset", "_start_from_choices", "_on_select",  # a form preset; adapter names and the table
     "close_session",
 }
@@ -72,7 +74,7 @@ def test_every_function_of_a_public_server_is_refused_or_stays_in_the_callers_se
     assert set(ran) <= VISITOR_FUNCTIONS, f"ran on a public server: {sorted(set(ran) - VISITOR_FUNCTIONS)}"
     assert not set(refused) & VISITOR_FUNCTIONS, f"refused a visitor: {sorted(set(refused) & VISITOR_FUNCTIONS)}"
     assert {"models_unload", "models_rescan", "eval_run", "generate_data", "export_pairs", "train_check",
-            "_watch"} <= set(refused)
+            "_watch", "train_on_votes"} <= set(refused)
     assert not leaked, f"another session's conversation came back from {leaked}"
     assert {a.name: a.status for a in ctx.engine.adapters()} == adapters_before
     assert files_under(data_dir) == files_before

@@ -8,21 +8,7 @@ import pytest
 
 from arena.votes import VoteStore
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """One Chromium for the module: Playwright's sync API allows one running instance per thread."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +61,12 @@ def test_arena_reveals_names_after_the_vote(page):
     reveal = page.inner_text("#arena-reveal")
     assert "pirate" in reveal and "base" in reveal
     assert store.count() == before + 1 and store.all()[-1].mode == "arena"
+    # After the reveal each answer can be rated 1-5, stored under its now-known variant.
+    page.locator("#arena-rate-b").get_by_label("4").check()
+    page.wait_for_function("() => document.querySelector('#arena-rate-b').innerText.includes('saved: 4 of 5')",
+                           timeout=30_000)
+    rating = page.ctx.ratings.all()[-1]
+    assert (rating.mode, rating.score) == ("arena", 4) and rating.variant in reveal
     page.screenshot(path=str(SCREENSHOTS / "arena.png"), full_page=True)
 
 
@@ -106,8 +98,14 @@ def test_training_tab_trains_then_compares(page):
                            timeout=120_000)
     page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('succeeded')",
                            timeout=300_000)
-    assert page.locator("#train-curves canvas, #train-curves svg").count() > 0
+    assert page.locator("#train-curves img, #train-curves canvas, #train-curves svg").count() > 0
+    assert "ETA" not in page.inner_text("#train-status")  # an ended job has no time left to estimate
     page.screenshot(path=str(SCREENSHOTS / "training.png"), full_page=True)
+    page.reload()  # the tab, the job, its command and chart come back
+    page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('ahoy-browser')",
+                           timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#train-command').innerText.includes('accelerate launch')",
+                           timeout=30_000)
     page.click("#train-compare")
     page.wait_for_function("() => document.querySelector('#compare-variant-1 input').value === 'ahoy-browser'",
                            timeout=30_000)
@@ -124,7 +122,7 @@ def test_training_tab_trains_then_compares(page):
 
 def test_evaluate_tab_shows_the_report(page):
     page.get_by_role("tab", name="Evaluate").click()
-    limit = page.get_by_label("Only the first N cases (0 = all)")
+    limit = page.locator("#eval-limit input")
     limit.fill("3")
     limit.press("Tab")
     page.locator("#eval-stages input").check()  # base then pirate, read as two stages of one fine-tune
@@ -137,6 +135,58 @@ def test_evaluate_tab_shows_the_report(page):
     assert page.locator("#eval-report img[src^='data:image/png']").count() == 1  # one chart, inside the report
     assert "done: 3/3 cases" in page.inner_text("#eval-status")
     page.screenshot(path=str(SCREENSHOTS / "evaluate.png"), full_page=True)
+
+
+def test_votes_train_an_adapter_that_then_battles_its_parent(page):
+    """The loop the issue asks for: blind votes in the Arena, "Train on these votes" (DPO on top of pirate), the
+    job finishes, and the Arena pits the new adapter against its parent."""
+    from tests.helpers import wait_for
+
+    store: VoteStore = page.ctx.votes
+    page.get_by_role("tab", name="Arena").click()
+    for question, side in (("Name a fruit.", "a"), ("Name an animal.", "b")):
+        page.click("#arena-new")
+        page.fill("#arena-message textarea", question)
+        page.click("#arena-send")
+        wait_for_answers(page, ["arena-chat-a", "arena-chat-b"])
+        page.wait_for_selector(f"#arena-vote-{side}:not([disabled])")
+        page.click(f"#arena-vote-{side}")
+        page.wait_for_function("() => document.querySelector('#arena-reveal').innerText.includes('Model A was')")
+    assert store.count() >= 2
+
+    page.get_by_role("tab", name="Leaderboard").click()
+    page.get_by_text("Train on these votes (DPO)").click()
+    page.click("#votes-parent input")
+    page.get_by_role("option", name="pirate", exact=True).click()
+    page.fill("#votes-name textarea", "pirate-dpo")
+    page.click("#votes-train")
+    page.wait_for_function("() => document.querySelector('#votes-train-status').innerText.includes('queued')",
+                           timeout=60_000)
+    status = page.inner_text("#votes-train-status")
+    assert "on top of pirate" in status and "pirate-dpo vs pirate" in status
+    jobs = page.ctx.jobs.store
+    job = wait_for(lambda: next((j for j in jobs.list() if j.name == "pirate-dpo" and j.status in ("succeeded", "failed")),
+                                None), 600, "the DPO job on the votes")
+    assert job.status == "succeeded", job.error
+    assert job.config["objective"] == "dpo" and Path(job.config["init_adapter"]).name == "pirate"
+    print(f"DPO job on the votes: {job.started} -> {job.finished}")
+    page.screenshot(path=str(SCREENSHOTS / "train-on-votes.png"), full_page=True)
+    # The trainer records its success, then exits; the app serves the adapter once the process has ended.
+    wait_for(lambda: "pirate-dpo" in page.ctx.engine.variants(), 60, "the app to serve pirate-dpo")
+
+    page.get_by_role("tab", name="Arena").click()
+    page.click("#arena-matchup input")
+    page.get_by_role("option", name="pirate-dpo vs pirate (its parent)").click()
+    page.click("#arena-new")
+    page.fill("#arena-message textarea", "Name a ship.")
+    page.click("#arena-send")
+    wait_for_answers(page, ["arena-chat-a", "arena-chat-b"])
+    page.wait_for_selector("#arena-vote-tie:not([disabled])")
+    page.click("#arena-vote-tie")
+    page.wait_for_function("() => document.querySelector('#arena-reveal').innerText.includes('Model A was')")
+    reveal = page.inner_text("#arena-reveal")
+    assert "pirate-dpo" in reveal and {store.all()[-1].variant_a, store.all()[-1].variant_b} == {"pirate", "pirate-dpo"}
+    page.screenshot(path=str(SCREENSHOTS / "arena-child-vs-parent.png"), full_page=True)
 
 
 XSS = "<img src=x onerror=alert(1)>"

@@ -174,10 +174,9 @@ def test_evaluate_tab_runs_in_the_background(launch_app, tiny_engine):
     ctx, url = launch_app(tiny_engine)
     client = Client(url, verbose=False)
     suite = str(REPO / "evaluation" / "suites" / "starter.jsonl")
-    task_status = client.predict(*call_args(client, "/eval_run", Suite=suite, **{"Variants (in order)": ["base", "a1"],
-                                            "Max new tokens": 16, "Only the first N cases (0 = all)": 3}),
-                                 api_name="/eval_run")
-    assert "Started" in task_status
+    picked, task_status = client.predict(*call_args(client, "/eval_run", Suite=suite, **{
+        "Variants (in order)": ["base", "a1"], "Max new tokens": 16, "Cases (0 = all)": 3}), api_name="/eval_run")
+    assert "Started" in task_status and ctx.evals.latest().id in str(picked)  # the new run is picked
     task = ctx.evals.latest()
     deadline = time.time() + 180
     while task.status == "running" and time.time() < deadline:

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from models import Engine, EngineConfig
+
 from kernel.errors import ArenaError
 from tests.helpers import wait_for
 from training.config import TrainConfig
 from training.job_store import JobStore
 from training.jobs import NO_ADAPTER, JobRunner, job_command, shell_command
-from training.process_watch import DIED, last_error_line, process_alive, process_create_time
+from kernel.process import process_alive, process_create_time
+from training.process_watch import DIED, last_error_line
 
 FAKE_TRAINER = r'''
 import json, os, signal, subprocess, sys, time
@@ -193,15 +196,19 @@ def test_cancel_queued_job_at_once(make_runner):
     wait_for(lambda: [j.id for j in ended] == [job.id], what="on_finished for the cancelled job")
 
 
-def test_a_finished_job_waiting_for_the_device_holds_up_no_other_job(make_runner, tiny_engine):
-    """The app's hook reloads a retrained adapter, which waits while a long generation holds the device;
-    meanwhile the next job still starts, and a cancel it ignores is still enforced."""
+def test_a_finished_job_waiting_for_the_device_holds_up_no_other_job(make_runner, tiny_model_path, tiny_adapters,
+                                                                     tmp_path):
+    """The app's hook reloads a retrained adapter, which waits while a long generation holds the device (the
+    reference backend's one-at-a-time device); meanwhile the next job still starts, and a cancel it ignores is
+    still enforced."""
     from app.server import _serve_new_adapter
 
-    serve, heard = _serve_new_adapter(tiny_engine), []
+    engine = Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=tmp_path / "data",
+                                      adapter_dirs=[tiny_adapters], backend="hf"))
+    serve, heard = _serve_new_adapter(engine), []
     runner = make_runner(on_finished=lambda job: (heard.append(job.id), serve(job)), cancel_grace_s=0.3,
                          kill_grace_s=0.3)
-    with tiny_engine.device.hold():  # the long generation
+    with engine.backend.device.hold():  # the long generation
         runner.start()
         retrained = runner.submit(fake_config("a1", "succeed"))  # the engine serves an a1: the hook reloads it
         wait_for(lambda: retrained.id in heard, what="the hook to be called")  # and it now waits for the device

@@ -24,7 +24,7 @@ from tests.helpers import wait_for
 from training.config import TrainConfig
 from training.job_store import JobStore, latest_checkpoint
 from training.jobs import JobRunner
-from training.process_watch import process_alive
+from kernel.process import process_alive
 
 REPO = Path(__file__).resolve().parent.parent
 AHOY = REPO / "training" / "examples" / "ahoy_demo.json"
@@ -43,6 +43,13 @@ def train_command(data_dir: Path, *args) -> subprocess.CompletedProcess:
 def wait_until_settled(ended: list, job_id: str, timeout: float):
     """The runner's on_finished call: the process has exited and the job's record is complete."""
     return wait_for(lambda: next((job for job in ended if job.id == job_id), None), timeout, f"job {job_id} to end")
+
+
+def cancel_after(runner: JobRunner, ended: list, job_id: str, steps: int):
+    """Let a running job do `steps` steps, ask it to cancel, and return its record once it has ended."""
+    wait_for(lambda: (runner.store.read_progress(job_id) or {}).get("step", 0) >= steps, 180, f"{steps} steps")
+    runner.cancel(job_id)
+    return wait_until_settled(ended, job_id, 120)
 
 
 def stop_all(runner: JobRunner) -> None:
@@ -148,9 +155,7 @@ def test_b_cancelled_job_keeps_a_checkpoint_and_resumes_from_it(tmp_path, tiny_m
     runner.start()
     try:
         first = runner.submit(config)
-        wait_for(lambda: (runner.store.read_progress(first.id) or {}).get("step", 0) >= 3, 180, "three steps")
-        runner.cancel(first.id)
-        cancelled = wait_until_settled(ended, first.id, 120)
+        cancelled = cancel_after(runner, ended, first.id, 3)
         assert (cancelled.status, cancelled.error) == ("cancelled", None)  # it stopped by itself, in time
         assert "cancelled: the last checkpoint is kept" in cancelled.log_tail
         checkpoint = latest_checkpoint(runner.store.files(first.id).checkpoints)
@@ -256,7 +261,7 @@ BAD_ROWS = [{"instruction": "Say hi."}, {"prompt": 3, "completion": "x"}, "just 
 # (case, rows or None for the Ahoy file, extra options, what the error line must say)
 BAD_INPUT = [
     ("empty-file", "  \n", [], "the file is empty"),
-    ("unknown-format", None, ["--format", "yaml"], "format must be one of"),
+    ("unknown-format", None, ["--format", "yaml"], "format for sft must be one of"),
     ("all-rows-invalid", BAD_ROWS, ["--format", "alpaca"], "no usable rows as alpaca (row 1: missing field: output"),
     ("too-few-rows", ONE_ROW, [], "validation_split 0.1 needs at least 5 rows"),
     ("prompt-over-max-length", None, ["--max-length", "16"], "max_length 16"),

@@ -1,6 +1,7 @@
 """`python -m training`: run one LoRA / QLoRA job headless; the Training tab runs this same command.
 
     python -m training --dataset data.json --name my-adapter
+    python -m training --dataset pairs.jsonl --name my-dpo --method dpo --init-adapter my-adapter   # or orpo, kto
     python -m training --config DATA/jobs/ID/job.yaml            # rerun a saved job
     python -m training --dataset data.json --name x --check      # validate and preview only
 """
@@ -96,7 +97,11 @@ def run_job(args: argparse.Namespace, reporters: list) -> None:
         print_check(cfg, data_dir)
         return
     from .job_store import JobReporter, latest_checkpoint
-    from .trainer import train
+
+    if cfg.preference:
+        from .preference import train_preference as train
+    else:
+        from .trainer import train
 
     if args.job_id is None:  # headless
         args.job_id = register_headless(cfg, data_dir)

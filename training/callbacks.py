@@ -6,6 +6,8 @@ import time
 import torch
 from transformers import TrainerCallback
 
+LOSS_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm")
+
 
 def memory_mb() -> float:
     if torch.cuda.is_available():
@@ -18,8 +20,9 @@ def memory_mb() -> float:
 class ProgressCallback(TrainerCallback):
     """Writes progress.json and metrics.jsonl through a JobReporter (None: headless, log only)."""
 
-    def __init__(self, reporter=None, tokens_per_step: float = 0.0, cancel_flag=None):
+    def __init__(self, reporter=None, tokens_per_step: float = 0.0, cancel_flag=None, metric_keys=LOSS_KEYS):
         self.reporter = reporter
+        self.metric_keys = metric_keys  # which logged values go to metrics.jsonl (preference jobs add rewards)
         self.cancel_flag = cancel_flag  # every rank checks the flag file, so all stop together
         self.tokens_per_step = tokens_per_step
         self.cancelled = False
@@ -45,7 +48,7 @@ class ProgressCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         record = {"step": state.global_step, "epoch": round(state.epoch or 0, 3), "time": time.time()}
-        for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
+        for key in self.metric_keys:
             if key in logs:
                 record[key] = logs[key]
         record["memory_mb"] = memory_mb()

@@ -63,6 +63,8 @@ def check_dataset(cfg: TrainConfig, data_dir: Path, tokenizer=None) -> CheckResu
     models_dir = DataDir(data_dir).models
     check_targets(cfg, models_dir)
     tokenizer = tokenizer or load_tokenizer(cfg.base, models_dir)
+    if cfg.preference:
+        return check_preference(cfg, tokenizer)
     examples, report = load_dataset(cfg.dataset, cfg.format)
     if cfg.validation_file:
         validation, _ = load_dataset(cfg.validation_file, cfg.format)
@@ -73,19 +75,42 @@ def check_dataset(cfg: TrainConfig, data_dir: Path, tokenizer=None) -> CheckResu
                                  overlong=cfg.overlong, report=report)
     if not encoded:
         raise ArenaError(f"{cfg.dataset}: no row can train (max_length {cfg.max_length}); "
-                         f"first problems: {'; '.join(f'row {r}: {why}' for r, why in report.bad_rows[:3])}")
+                         f"first problems: {first_problems(report)}")
+    html_preview = preview(examples, tokenizer, n=3, max_length=cfg.max_length, loss_on=cfg.loss_on,
+                           overlong=cfg.overlong)
+    return CheckResult(report.summary(), report_markdown(cfg, report, len(train), len(validation)), html_preview,
+                       len(train), len(validation))
+
+
+def check_preference(cfg: TrainConfig, tokenizer) -> CheckResult:
+    """The same check for DPO, ORPO and KTO data: rows kept, why the others were dropped, a marked preview."""
+    from .preference_data import load_split, preview as preference_preview
+
+    data = load_split(cfg, tokenizer)
+    if not data.train:
+        raise ArenaError(f"{cfg.dataset}: no row can train (max_length {cfg.max_length}); "
+                         f"first problems: {first_problems(data.report)}")
+    markdown = report_markdown(cfg, data.report, len(data.train), len(data.validation))
+    shown = sorted(data.train + data.validation, key=lambda e: e.row)
+    return CheckResult(data.report.summary(), markdown, preference_preview(shown, tokenizer), len(data.train),
+                       len(data.validation))
+
+
+def first_problems(report) -> str:
+    return "; ".join(f"row {r}: {why}" for r, why in report.bad_rows[:3])
+
+
+def report_markdown(cfg: TrainConfig, report, train_rows: int, validation_rows: int) -> str:
     bad = "".join(f"\n| {row} | {html.escape(why)} |" for row, why in report.bad_rows[:20])
     t = report.tokens
-    markdown = (
+    unit = "answers" if cfg.objective == "kto" else "rows"
+    return (
         f"**{Path(cfg.dataset).name}**: format `{report.format}`, {report.rows_kept} of {report.rows_total} rows kept, "
-        f"{len(train)} for training and {len(validation)} for validation.\n\n"
+        f"{train_rows} {unit} for training and {validation_rows} for validation ({cfg.objective}).\n\n"
         f"Tokens per row: min {t.min}, median {t.median}, p95 {t.p95}, max {t.max}; "
         f"{t.over_max_length} rows over max_length {cfg.max_length} ({cfg.overlong}d)."
         + (f"\n\n| row | why it was dropped |\n|---|---|{bad}" if bad else "")
     )
-    html_preview = preview(examples, tokenizer, n=3, max_length=cfg.max_length, loss_on=cfg.loss_on,
-                           overlong=cfg.overlong)
-    return CheckResult(report.summary(), markdown, html_preview, len(train), len(validation))
 
 
 def print_check(cfg: TrainConfig, data_dir: Path) -> None:

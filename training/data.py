@@ -285,7 +285,7 @@ def convert_row(row: object, fmt: str, auto: bool) -> list[dict] | str:
     if size > MAX_ROW_CHARS:
         raise BadRow("row too large", too_long(size, MAX_ROW_CHARS))
     if "chosen" in row and "rejected" in row:
-        raise BadRow("preference pair", "chosen/rejected rows are for preference training, not LoRA SFT")
+        raise BadRow("preference pair", "chosen/rejected rows are for preference training: use --method dpo, orpo or kto")
     found = detect_row_format(row)
     if auto and found is None:
         raise BadRow("unknown format", f"none of {', '.join(FORMAT_KEYS)}")
@@ -299,33 +299,37 @@ def convert_row(row: object, fmt: str, auto: bool) -> list[dict] | str:
 
 def load_dataset(path: str | Path, format: str = "auto") -> tuple[list[Example], DatasetReport]:
     """Every trainable row of a file as messages, with a report of what was dropped and why."""
+    converted, report = convert_file(path, format, FORMATS, detect_format, convert_row)
+    examples = [Example(messages=[], row=number, text=result.strip()) if isinstance(result, str)
+                else Example(messages=result, row=number) for number, result in converted]
+    return examples, report
+
+
+def convert_file(path: str | Path, format: str, formats: tuple, detect, convert) -> tuple[list, DatasetReport]:
+    """(row number, convert(row, fmt, auto)) for each row it takes; the others, with the reason, in the report.
+    Shared by SFT data and preference data (training.preference_data), which differ in formats only."""
     path = Path(path)
-    if format not in FORMATS:
-        raise ArenaError(f"unknown dataset format '{format}': use one of {', '.join(FORMATS)}")
+    if format not in formats:
+        raise ArenaError(f"unknown dataset format '{format}': use one of {', '.join(formats)}")
     rows = read_rows(path, JSON_CELLS)
     if not rows:
         raise ArenaError(f"{path}: no rows")
-    fmt = detect_format(rows, path) if format == "auto" else format
+    fmt = detect(rows, path) if format == "auto" else format
     report = DatasetReport(path=str(path), format=fmt, rows_total=len(rows))
-    examples = []
+    converted = []
     for number, row in rows:
         try:
-            result = convert_row(row, fmt, auto=format == "auto")
+            converted.append((number, convert(row, fmt, auto=format == "auto")))
         except BadRow as bad:
             report.drop(number, bad.kind, bad.detail)
-            continue
-        if isinstance(result, str):
-            examples.append(Example(messages=[], row=number, text=result.strip()))
-        else:
-            examples.append(Example(messages=result, row=number))
-    report.rows_kept = len(examples)
-    if not examples:
+    report.rows_kept = len(converted)
+    if not converted:
         first_of_kind = {}
         for n, reason in report.bad_rows:
             first_of_kind.setdefault(reason.split(":")[0], f"row {n}: {reason}")
         first = "; ".join(list(first_of_kind.values())[:3])
         raise ArenaError(f"{path}: no usable rows as {fmt} ({first})")
-    return examples, report
+    return converted, report
 
 
 def split_examples(examples: list, validation_split: float, seed: int) -> tuple[list, list]:

@@ -24,9 +24,9 @@ from kernel.clock import utc_now_iso
 from kernel.data_dir import DataDir
 from kernel.errors import ArenaError
 from kernel.files import append_record, atomic_write_text, complete_records
+from kernel.process import process_alive, process_create_time
 from training.config import TrainConfig
-from training.process_watch import (LOG_TAIL_LINES, died_reason, one_line, process_alive, process_create_time,
-                                    tail_lines)
+from training.process_watch import LOG_TAIL_LINES, died_reason, one_line, tail_lines
 
 
 SCHEMA_VERSION = 1

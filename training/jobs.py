@@ -27,10 +27,11 @@ from typing import Callable
 
 from kernel.clock import utc_now_iso
 from kernel.errors import ArenaError
+from kernel.process import process_alive, process_create_time
 from training.config import TrainConfig
 
 from .job_store import ACTIVE, CommandBuilder, Job, JobFiles, JobStore, latest_checkpoint
-from .process_watch import died_reason, last_error_line, process_alive, process_create_time, tail_lines
+from .process_watch import died_reason, last_error_line, tail_lines
 
 log = logging.getLogger(__name__)
 

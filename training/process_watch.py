@@ -1,15 +1,12 @@
-"""Watching a trainer process from outside: is it still the same live process, and if it died, why.
+"""Watching a trainer process from outside: if it died, why (its log's tail says).
 
-The app starts jobs as separate processes and may itself restart while they run, so it keeps the
-pid and the process's start time (a reused pid is another process) and reads the log's tail.
+Whether it is still the same live process is kernel.process's (the Evaluate tab's runs ask it too).
 """
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
-
-import psutil
 
 LOG_TAIL_LINES = 40
 DIED = "the training process died (killed or out of memory?); see the log"
@@ -23,26 +20,6 @@ LAUNCHER_NOISE = "CalledProcessError"  # accelerate re-raises after the trainer 
 
 def one_line(text, limit: int = 500) -> str:
     return " ".join(str(text).split())[:limit]
-
-
-def process_create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-def process_alive(pid: int | None, started: float | None) -> bool:
-    """Alive and the same process: an exited one awaiting its parent (zombie) or a reused pid is not."""
-    if not pid:
-        return False
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return started is None or abs(process.create_time() - started) < 0.05
-    except psutil.Error:
-        return False
 
 
 def tail_lines(path: Path, lines: int = LOG_TAIL_LINES, max_bytes: int = 64 * 1024) -> list[str]:

@@ -122,9 +122,14 @@ def add_lora(model, cfg: TrainConfig, start: Path | None = None):
 
 
 def training_arguments(cfg: TrainConfig, output_dir: Path, has_validation: bool) -> TrainingArguments:
+    return TrainingArguments(**argument_values(cfg, output_dir, has_validation))
+
+
+def argument_values(cfg: TrainConfig, output_dir: Path, has_validation: bool) -> dict:
+    """TrainingArguments' values for a job; TRL's configs (training.preference) extend the same ones."""
     cuda = torch.cuda.is_available()
     evaluate = has_validation
-    return TrainingArguments(
+    return dict(
         output_dir=str(output_dir), per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=float(cfg.warmup_ratio),
@@ -165,7 +170,7 @@ def train(cfg: TrainConfig, data_dir: Path, reporter=None, resume_from: Path | N
     if progress.cancelled:
         return None
     card = make_card(cfg, base_name, data, trainer, trainable, total, time.time() - started)
-    return save_adapter(model, cfg.name, paths, base_name, card)
+    return save_adapter(model, cfg.name, paths, base_name, card, reporter)
 
 
 def _tokens_per_step(train: list, args: TrainingArguments) -> float:
@@ -214,8 +219,12 @@ def peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
 
 
-def save_adapter(model, name: str, paths: DataDir, base_name: str, card: dict) -> Path:
-    """Write into a dot folder (the registry ignores those), then rename: never a half adapter."""
+def save_adapter(model, name: str, paths: DataDir, base_name: str, card: dict, reporter=None) -> Path:
+    """Write into a dot folder (the registry ignores those), then rename: never a half adapter.
+
+    An adapter already saved under the name goes to the trash first; where it went is printed and,
+    for a job, reported as a metrics record {"old_copy": path}, so the Training tab can say so.
+    """
     adapters_dir = paths.adapters
     adapters_dir.mkdir(parents=True, exist_ok=True)
     for stale in adapters_dir.glob(f".saving-{name}-*"):  # left by a save that was killed
@@ -230,7 +239,10 @@ def save_adapter(model, name: str, paths: DataDir, base_name: str, card: dict) -
         config_path.write_text(json.dumps(config, indent=2))
         (tmp / "arena_card.json").write_text(json.dumps(card, indent=2, default=str))
         if final.exists():  # retrained under the same name: keep the old one in the trash
-            paths.move_to_trash(final)
+            old_copy = paths.move_to_trash(final)
+            print(f"the adapter '{name}' that was there before is now in {old_copy}", flush=True)
+            if reporter is not None:
+                reporter.metric({"replaced": name, "old_copy": str(old_copy)})
         os.replace(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
