@@ -137,7 +137,7 @@ def argument_values(cfg: TrainConfig, output_dir: Path, has_validation: bool) ->
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=float(cfg.warmup_ratio),
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, logging_steps=cfg.logging_steps,
         eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_every,
-        save_strategy="steps", save_steps=cfg.eval_every, save_total_limit=2,
+        save_strategy="steps", save_steps=cfg.eval_every, save_total_limit=cfg.keep_checkpoints or None,
         load_best_model_at_end=evaluate, metric_for_best_model="eval_loss", greater_is_better=False,
         train_sampling_strategy="random" if cfg.packing else "group_by_length",
         gradient_checkpointing=cfg.gradient_checkpointing, bf16=cuda, seed=cfg.seed, data_seed=cfg.seed,
