@@ -72,6 +72,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     eval_every: int = 10  # steps between validation losses
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = off
+    keep_checkpoints: int = 2  # checkpoints kept (one every eval_every steps); 0 keeps all, to compare them as name@step
     seed: int = 42
     logging_steps: int = 1
     extra: dict = field(default_factory=dict)  # room for options a later version adds
@@ -106,6 +107,7 @@ class TrainConfig:
             (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be at least 1"),
             (self.eval_every >= 1, "eval_every must be at least 1"),
             (self.early_stopping_patience >= 0, "early_stopping_patience must be 0 (off) or more"),
+            (self.keep_checkpoints >= 0, "keep_checkpoints must be 0 (all) or more"),
             (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
             (self.logging_steps >= 1, "logging_steps must be at least 1"),
             (valid_seed(self.seed), f"seed must be a whole number from 0 to {MAX_SEED}"),

@@ -77,9 +77,11 @@ def load_for_training(cfg: TrainConfig, models_dir: Path):
     if cfg.method == "qlora":
         from transformers import BitsAndBytesConfig
 
+        # FSDP shards only parameters of one dtype: under it the packed 4-bit weights are stored as bf16.
+        fsdp = {"bnb_4bit_quant_storage": torch.bfloat16} if os.environ.get("ACCELERATE_USE_FSDP") == "true" else {}
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
-            bnb_4bit_use_double_quant=True)
+            bnb_4bit_use_double_quant=True, **fsdp)
     offline = hub_offline()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
@@ -135,7 +137,7 @@ def argument_values(cfg: TrainConfig, output_dir: Path, has_validation: bool) ->
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=float(cfg.warmup_ratio),
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, logging_steps=cfg.logging_steps,
         eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_every,
-        save_strategy="steps", save_steps=cfg.eval_every, save_total_limit=2,
+        save_strategy="steps", save_steps=cfg.eval_every, save_total_limit=cfg.keep_checkpoints or None,
         load_best_model_at_end=evaluate, metric_for_best_model="eval_loss", greater_is_better=False,
         train_sampling_strategy="random" if cfg.packing else "group_by_length",
         gradient_checkpointing=cfg.gradient_checkpointing, bf16=cuda, seed=cfg.seed, data_seed=cfg.seed,
@@ -165,12 +167,14 @@ def train(cfg: TrainConfig, data_dir: Path, reporter=None, resume_from: Path | N
     trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation or None,
                       data_collator=DataCollator(tokenizer.pad_token_id), callbacks=callbacks)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    # Under FSDP each rank holds a shard of every weight: all ranks gather the full weights once, rank 0 writes.
+    full_state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if not trainer.is_world_process_zero():
         return None
     if progress.cancelled:
         return None
     card = make_card(cfg, base_name, data, trainer, trainable, total, time.time() - started)
-    return save_adapter(model, cfg.name, paths, base_name, card, reporter)
+    return save_adapter(model, cfg.name, paths, base_name, card, reporter, full_state)
 
 
 def _tokens_per_step(train: list, args: TrainingArguments) -> float:
@@ -219,7 +223,8 @@ def peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
 
 
-def save_adapter(model, name: str, paths: DataDir, base_name: str, card: dict, reporter=None) -> Path:
+def save_adapter(model, name: str, paths: DataDir, base_name: str, card: dict, reporter=None,
+                 state_dict: dict | None = None) -> Path:
     """Write into a dot folder (the registry ignores those), then rename: never a half adapter.
 
     An adapter already saved under the name goes to the trash first; where it went is printed and,
@@ -232,7 +237,7 @@ def save_adapter(model, name: str, paths: DataDir, base_name: str, card: dict, r
     tmp = Path(tempfile.mkdtemp(prefix=f".saving-{name}-", dir=adapters_dir))
     final = paths.adapter(name)
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         config_path = tmp / "adapter_config.json"
         config = json.loads(config_path.read_text())
         config["base_model_name_or_path"] = base_name  # the Hub id, not this machine's cache path

@@ -21,7 +21,7 @@ import torch
 
 from kernel.errors import ArenaError
 
-from ..backend import BASE_ROW
+from ..backend import BASE_ROW, top_tokens
 from ..streaming import RowText, StreamEvent
 from .jobs import Call, Job
 from .kv_cache import KVCache
@@ -216,9 +216,13 @@ class Scheduler:
         now = time.perf_counter()
         row = 0
         for job, count, targets in uses:
-            if job.row is None and count:  # a chunk inside the prompt scores nothing yet
+            # A chunk cut short by a shorter job's width may hold none of a scoring job's continuation.
+            if job.row is None and count:
                 picked = torch.log_softmax(logits[row:row + count].float(), dim=-1)
-                job.logprob += float(picked[torch.arange(count), torch.tensor(targets, device=self.device)].sum())
+                values = picked[torch.arange(count), torch.tensor(targets, dtype=torch.long, device=self.device)]
+                job.logprob += float(values.sum())
+                if job.top >= 0:
+                    job.token_scores += zip(values.tolist(), top_tokens(picked, job.top))
             row += count
         for job, n in chosen:
             job.fed += n
@@ -229,7 +233,6 @@ class Scheduler:
                 self._take(job, token, now)
         for job, _ in chosen:
             if job.row is None and job.prefilled:
-                job.call.scores[job.score_index] = job.logprob
                 self._end(job, "")
 
     def _chunk_batch(self, chosen: list[tuple[Job, int]], width: int):
