@@ -20,6 +20,7 @@ from kernel.files import JsonlAppender, load_done, read_jsonl
 
 quiet_libraries()
 from models import ArenaError, Engine  # noqa: E402
+from models.discovery import describe  # noqa: E402
 from models.prompts import max_token_chars, normalize_messages, text_chars  # noqa: E402
 
 
@@ -54,7 +55,9 @@ def list_variants(engine: Engine) -> None:
         detail = adapter.reason if adapter.status == "failed" else f"r={adapter.rank} alpha={adapter.alpha}"
         served = f"  [{adapter.served_by}]" if adapter.served_by else ""
         carries = f"  carries {adapter.to_row()['carries']}" if adapter.carries else ""
-        print(f"{adapter.status:<9} {adapter.name}  {detail}{carries}{served}")
+        print(f"{adapter.status:<9} {describe(adapter)}  {detail}{carries}{served}")
+        if adapter.to_row()["note"]:
+            print(f"          {adapter.to_row()['note']}")
     if not engine.adapters():
         print(f"(no adapters in {', '.join(str(d) for d in engine.adapter_dirs)})")
 

@@ -51,7 +51,7 @@ class CompareTab:
         self.ctx = ctx
 
     def build(self) -> gr.Tab:
-        variants = self.ctx.engine.variants()
+        variants = self.ctx.engine.variant_choices()
         settings = self.ctx.settings
         most = min(MAX_COLUMNS, settings.public_max_columns) if settings.public else MAX_COLUMNS
         self.token_cap = settings.public_max_new_tokens if settings.public else None
@@ -91,7 +91,7 @@ class CompareTab:
         return self.tab
 
     def _column(self, index: int, variants: list[str]) -> ColumnWidgets:
-        default = variants[index % len(variants)] if index else "base"
+        default = variants[index % len(variants)][1] if index else "base"
         with gr.Column(visible=index < 2, min_width=240) as box:
             # Any name is accepted (an adapter installed after start too); the handler checks it with the engine.
             variant = gr.Dropdown(variants, value=default, label=f"Column {index + 1}", allow_custom_value=True,
@@ -240,9 +240,10 @@ class CompareTab:
 
     @needs(Need.VIEW)
     def _refresh_variants(self, *current):
-        choices = self.ctx.engine.variants()
-        return [gr.Markdown(visible=choices == ["base"])] + \
-               [gr.Dropdown(choices=choices, value=value if value in choices else "base") for value in current]
+        choices = self.ctx.engine.variant_choices()  # a checkpoint's label shows its step and losses
+        names = [value for _, value in choices]
+        return [gr.Markdown(visible=names == ["base"])] + \
+               [gr.Dropdown(choices=choices, value=value if value in names else "base") for value in current]
 
     def _vote_handler(self, choice):
         @needs(Need.VOTE)

@@ -15,10 +15,11 @@ from .access import Need, needs
 from .settings import AppContext
 from .widgets import user_errors
 
-COLUMNS = ["name", "status", "reason", "served_by", "rank", "alpha", "target_modules", "carries", "trainable_parameters",
-           "base", "created", "dataset"]
+COLUMNS = ["name", "status", "reason", "note", "served_by", "step", "epoch", "train_loss", "eval_loss", "rank",
+           "alpha", "target_modules", "carries", "trainable_parameters", "base", "created", "dataset"]
 # Widths by column, so a narrow page scrolls the table instead of wrapping a header into one letter a line.
-WIDTHS = {"name": "150px", "status": "90px", "reason": "280px", "served_by": "110px", "rank": "70px", "alpha": "70px",
+WIDTHS = {"name": "150px", "status": "90px", "reason": "280px", "note": "280px", "step": "70px", "epoch": "70px", "train_loss": "90px",
+          "eval_loss": "90px", "served_by": "110px", "rank": "70px", "alpha": "70px",
           "target_modules": "170px", "trainable_parameters": "170px", "base": "220px", "created": "170px",
           "dataset": "150px"}
 FILE_TYPES = [".zip", ".json", ".safetensors", ".md"]
@@ -40,6 +41,11 @@ class ModelsTab:
                 self.load = gr.Button("Load")
                 self.unload = gr.Button("Unload")
                 self.rescan = gr.Button("Rescan folders")
+            with gr.Row(visible=not public):
+                # For an adapter named for another model whose weights fit: kept in DATA/adapter_decisions.json.
+                self.serve_anyway = gr.Button("Serve anyway")
+                self.do_not_serve = gr.Button("Do not serve")
+                self.forget = gr.Button("Forget decision")
             with gr.Row(visible=not public):
                 self.confirm = gr.Checkbox(label="Yes, move this adapter to the trash folder", value=False)
                 self.delete = gr.Button("Delete", variant="stop")
@@ -68,6 +74,10 @@ class ModelsTab:
         self.unload.click(self._act(self.ctx.engine.unload_adapter, "unloaded", "unloading adapters"), self.choice,
                           refreshed, api_name="models_unload", **note)
         self.rescan.click(self._rescan, None, refreshed, api_name="models_rescan", **note)
+        for button, decision in ((self.serve_anyway, "serve anyway"), (self.do_not_serve, "do not serve"),
+                                 (self.forget, None)):
+            button.click(self._decider(decision), self.choice, refreshed,
+                         api_name=f"models_decide_{(decision or 'forget').replace(' ', '_')}", **note)
         self.delete.click(self._delete, [self.choice, self.confirm], refreshed + [self.confirm], api_name="models_delete",
                           **note)
         self.choose.upload(self._chosen, self.choose, [self.files, self.new_name], api_name="models_choose", **note)
@@ -93,6 +103,17 @@ class ModelsTab:
                 return self._refresh(f"**{name}** failed: {info.reason}")
             return self._refresh(f"**{name}** {verb}.")
         return run
+
+    def _decider(self, decision: str | None):
+        @needs(Need.OPERATOR, "deciding which adapters serve")
+        @user_errors
+        def decide(name: str | None):
+            if not name:
+                raise ArenaError("pick an adapter first")
+            info = self.ctx.engine.decide(name, decision)
+            said = f"marked '{decision}'" if decision else "back to the usual check"
+            return self._refresh(f"**{name}** {said}: {info.status}" + (f" ({info.reason})" if info.reason else "."))
+        return decide
 
     @needs(Need.OPERATOR, "rescanning adapter folders")
     @user_errors

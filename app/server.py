@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import sys
 
 import gradio as gr
 from starlette.middleware import Middleware
@@ -17,6 +19,7 @@ from models import Engine
 from kernel.cli import Parser, add_engine_args, engine_config_from_args, log_to_stderr, run_command
 from chat.search import WebSearch, provider_from_settings
 from training.jobs import JobRunner
+from api import ApiSettings, Limits, build_api
 
 from .access import Access, Need, guard_handlers, needs
 from .arena_tab import ArenaTab
@@ -100,7 +103,11 @@ def _closer(ctx: AppContext):
 
 
 def launch(ctx: AppContext, **kwargs) -> tuple[gr.Blocks, str]:
-    """Start the server; returns the app and its URL (kwargs go to Blocks.launch, e.g. prevent_thread_lock)."""
+    """Start the server; returns the app and its URL (kwargs go to Blocks.launch, e.g. prevent_thread_lock).
+
+    The OpenAI-compatible API is mounted at /v1 of the same server: its routes go first in the
+    FastAPI app Gradio creates, so they share the port, the process and the engine with the page.
+    """
     demo = build_app(ctx)
     demo.queue(default_concurrency_limit=8)
     settings = ctx.settings
@@ -110,8 +117,46 @@ def launch(ctx: AppContext, **kwargs) -> tuple[gr.Blocks, str]:
                           lockout_s=settings.login_lockout_s).check
     _, url, _ = demo.launch(server_name=settings.host, server_port=settings.port, auth=auth,
                             css=CSS, theme=gr.themes.Soft(), max_file_size=f"{settings.max_upload_mb}mb",
-                            footer_links=["api"], app_kwargs={"middleware": [Middleware(ClientAddress)]}, **kwargs)
+                            footer_links=["api"], app_kwargs={"middleware": [Middleware(ClientAddress)],
+                                                         "routes": api_routes(ctx.engine, settings)}, **kwargs)
     return demo, url
+
+
+def api_routes(engine: Engine, settings: AppSettings) -> list:
+    from starlette.routing import Mount
+
+    # A public server's API asks no more of the model than its page lets one session ask.
+    limits = Limits(settings.public_max_new_tokens, settings.public_max_columns) if settings.public else Limits()
+    api = ApiSettings(key=settings.api_key, public=settings.public, max_pending=settings.api_max_pending,
+                      wait_s=settings.api_wait_s, limits=limits)
+    return [Mount("/v1", app=build_api(engine, api))]
+
+
+def serve_api_only(engine: Engine, settings: AppSettings) -> None:
+    """--no-ui: the /v1 API alone, for a machine that only serves (another arena's --backend-url)."""
+    import uvicorn
+    from starlette.applications import Starlette
+
+    uvicorn.run(Starlette(routes=api_routes(engine, settings)), host=settings.host, port=settings.port,
+                log_level="warning")
+
+
+def warn_if_open(settings: AppSettings) -> None:
+    """An API without a key on an address others can reach lets anyone use the model: say so at start."""
+    if settings.api_key or is_loopback(settings.host):
+        return
+    message = (f"warning: the /v1 API on {settings.host}:{settings.port} has no key, so anyone who can reach it "
+               "can use the model; set --api-key or ARENA_API_KEY")
+    print(message, file=sys.stderr, flush=True)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -121,11 +166,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--auth", default=None,
                         help="USER:PASSWORD to require a login; prefer $ARENA_AUTH, since a flag shows in `ps`")
     parser.add_argument("--public", action="store_true", default=None,
-                        help="public demo mode: no uploads, deletions, training or evaluation (or $ARENA_PUBLIC=1)")
+                        help="public demo mode: no uploads, deletions, training or evaluation; the API only "
+                             "answers (or $ARENA_PUBLIC=1)")
     parser.add_argument("--judge-endpoint", action="append", default=None, metavar="NAME=URL",
                         help="an OpenAI-compatible judge or teacher the app offers by NAME (repeatable, or "
                              "$ARENA_JUDGE_ENDPOINTS, space-separated): URL as http://host/v1?model=M, with "
                              "&key_env=VAR to send the key in $VAR (no key is sent otherwise)")
+    parser.add_argument("--api-key", default=None,
+                        help="every /v1 API request needs 'Authorization: Bearer KEY'; prefer $ARENA_API_KEY, "
+                             "since a flag shows in `ps`")
+    parser.add_argument("--api-max-pending", type=int, default=None,
+                        help="API requests running or waiting at once; one more gets 429 (default 32)")
+    parser.add_argument("--api-wait", type=float, default=None, dest="api_wait_s",
+                        help="seconds an API request may wait for the model before it gets 503 (default 120)")
+    parser.add_argument("--no-ui", dest="ui", action="store_false", default=None,
+                        help="serve only the OpenAI-compatible API at /v1, no web page")
     add_engine_args(parser)
     return parser.parse_args(argv)
 
@@ -133,14 +188,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 def serve(args: argparse.Namespace) -> None:
     endpoints = parse_judge_endpoints(args.judge_endpoint) if args.judge_endpoint else None
     settings = AppSettings.from_env(host=args.host, port=args.port, public=args.public,
-                                    auth=AppSettings.parse_auth(args.auth), judge_endpoints=endpoints)
+                                    auth=AppSettings.parse_auth(args.auth), judge_endpoints=endpoints,
+                                    api_key=args.api_key, ui=args.ui, api_max_pending=args.api_max_pending,
+                                    api_wait_s=args.api_wait_s)
     if args.backend is None and on_zerogpu():
         args.backend = "hf"
         log.info("ZeroGPU: serving with the reference backend (a GPU is lent per call)")
     engine = Engine.load(engine_config_from_args(args))
-    ctx = make_context(engine, settings)  # a store it cannot open stops it here, before "serving"
-    log.info("serving %s with %d adapters (%s backend) on http://%s:%d", engine.base_name,
+    log.info("serving %s with %d adapters (%s backend) on http://%s:%d (API at /v1)", engine.base_name,
              len(engine.variants()) - 1, engine.backend.name, settings.host, settings.port)
+    warn_if_open(settings)
+    if not settings.ui:
+        serve_api_only(engine, settings)
+        return
+    ctx = make_context(engine, settings)  # a store it cannot open stops it here, before "serving"
     launch(ctx)
 
 

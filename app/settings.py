@@ -39,6 +39,10 @@ class AppSettings:
     votes_per_minute: int = 6  # per session, in every mode
     login_free_failures: int = 5  # wrong logins from one client before it is locked out
     login_lockout_s: float = 60.0  # the first lockout; it doubles with each further failure
+    api_key: str | None = None  # the /v1 API needs `Authorization: Bearer KEY` when set
+    api_max_pending: int = 32  # API requests running or waiting; one more is answered 429
+    api_wait_s: float = 120.0  # an API request that waits longer for the model is answered 503
+    ui: bool = True  # False: serve the /v1 API alone, no web page (--no-ui)
 
     @staticmethod
     def parse_auth(value: str | None) -> tuple[str, str] | None:
@@ -62,6 +66,7 @@ class AppSettings:
             search_provider=env.get("ARENA_SEARCH", "duckduckgo"),
             searxng_url=env.get("ARENA_SEARXNG_URL") or None,
             judge_endpoints=parse_judge_endpoints(env.get("ARENA_JUDGE_ENDPOINTS", "").split()),
+            api_key=env.get("ARENA_API_KEY") or None,
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

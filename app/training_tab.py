@@ -13,6 +13,7 @@ import pandas as pd
 from kernel.errors import ArenaError
 from kernel.paths import owned_file
 from models.adapters import validate_name
+from models.discovery import checkpoints_in
 from training.check import check_dataset
 from training.cost import cost_frame, job_cards
 from training.job_store import FINAL
@@ -65,6 +66,7 @@ class TrainingTab:
                 self.cancel = gr.Button("Cancel")
                 self.resume = gr.Button("Resume")
                 self.to_compare = gr.Button("Compare with base", elem_id="train-compare")
+                self.to_checkpoints = gr.Button("Compare checkpoints", elem_id="train-compare-checkpoints")
             self.status = gr.Markdown(elem_id="train-status")
             self.curves = gr.Plot(show_label=False, elem_id="train-curves")
             self.rewards = gr.LinePlot(x="step", y="value", color="series", elem_id="train-rewards", visible=False,
@@ -107,6 +109,27 @@ class TrainingTab:
                               [self.tabs, self.compare.n_columns, self.compare.columns[0].variant,
                                self.compare.columns[1].variant], api_name="train_compare",
                               show_progress_on=self.status).success(None, js=remember_tab_js("compare"))
+        self.to_checkpoints.click(self._compare_checkpoints, self.job,
+                                  [self.tabs, self.compare.n_columns, *(c.variant for c in self.compare.columns)],
+                                  api_name="train_compare_checkpoints")
+
+    @needs(Need.OPERATOR, TRAINING)
+    @user_errors
+    def _compare_checkpoints(self, job_id: str | None):
+        """Open Compare with the job's kept checkpoints (spread over the run when it kept more than fit)."""
+        if not job_id:
+            raise ArenaError("pick a job first")
+        folder = self.ctx.jobs.store.files(self.ctx.jobs.store.get(job_id).id).checkpoints
+        self.ctx.engine.rescan()
+        columns = self.compare.columns
+        chosen = checkpoints_in(self.ctx.engine.adapters(), folder, len(columns))
+        if not chosen:
+            raise ArenaError(f"job {job_id} kept no checkpoints: set 'keep checkpoints' to 0 to keep every one")
+        choices = self.ctx.engine.variant_choices()
+        values = chosen if len(chosen) > 1 else ["base", *chosen]
+        return (gr.Tabs(selected="compare"), len(values),
+                *(gr.Dropdown(choices=choices, value=values[i] if i < len(values) else "base")
+                  for i in range(len(columns))))
 
     # ----- datasets -------------------------------------------------------------------------------
 

@@ -44,6 +44,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else 0.0
 
 
+def run_together(target, count: int) -> float:
+    """target(0) .. target(count - 1), each on its own thread, all at once: the wall seconds until all end."""
+    threads = [threading.Thread(target=target, args=(n,)) for n in range(count)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start
+
+
 # ----- measurements ------------------------------------------------------------------------------
 
 def single_stream(engine: Engine, variant: str, prompt: str, params: SamplingParams, repeats: int) -> dict:
@@ -97,13 +108,7 @@ def sessions(engine: Engine, count: int, variants: list[str], prompt: str, param
                         lasts.append(now - sent)
                         tokens.append(event.stats.new_tokens)
 
-    threads = [threading.Thread(target=user, args=(n,)) for n in range(count)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - start
+    wall = run_together(user, count)
     return {"sessions": count, "rows": 2 * count, "wall_s": wall, "new_tokens": sum(tokens),
             "tokens_per_second": sum(tokens) / wall, "ttft_p50_s": percentile(firsts, 0.5),
             "ttft_p95_s": percentile(firsts, 0.95), "last_p50_s": percentile(lasts, 0.5),

@@ -206,6 +206,8 @@ def markdown_report(run, scores: pd.DataFrame, diffs: pd.DataFrame, steps: pd.Da
     if run.judge_skipped:
         lines += [f"{run.judge_skipped} judged check(s) not graded: no judge was given (run with --judge to grade them); "
                   "cases with only judged checks are left out of the scores.", ""]
+    for reason, count in run.unsupported.items():
+        lines += [f"{count} check(s) not scored, {reason}; cases with only such checks are left out of the scores.", ""]
     if run.vote_agreement:
         lines += [f"Agreement with Arena votes: {run.vote_agreement}.", ""]
     lines += ["## Score per category (% of cases passed, 95% bootstrap interval)", "",

@@ -60,6 +60,7 @@ class EvalRun:
     judge_unparsed: int = 0
     judge_graded: int = 0
     judge_skipped: int = 0  # judged checks left undecided because no judge was given
+    unsupported: dict[str, int] = field(default_factory=dict)  # why checks could not be scored here -> how many
     vote_agreement: str = ""  # how often the judge agrees with Arena votes, when there are any
     run_dir: Path | None = None
     seconds: float = 0.0

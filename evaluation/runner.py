@@ -14,6 +14,7 @@ from pathlib import Path
 
 from models import ArenaError, ChatRequest, Engine
 from kernel.data_dir import DataDir
+from kernel.errors import NotSupported
 from kernel.files import JsonlAppender
 
 from .case import Case
@@ -154,7 +155,11 @@ def check_one(engine, variant, case, check, conversation, turn, answer, system, 
         chosen, rejected = engine.loglikelihood(variant, case.messages, [check["chosen"], check["rejected"]], system=system)
         return score_preference(chosen.logprob, rejected.logprob)
     if scored_by == LIKELIHOOD:
-        scored = engine.loglikelihood(variant, case.messages, check["choices"], system=system)
+        try:
+            scored = engine.loglikelihood(variant, case.messages, check["choices"], system=system)
+        except NotSupported as exc:  # e.g. a remote server without echo + logprobs: undecided, not wrong
+            run.unsupported[str(exc)] = run.unsupported.get(str(exc), 0) + 1
+            return CheckResult(check["type"], None, None, str(exc))
         return score_choice([c.logprob for c in scored], check["choices"], check["answer"])
     if scored_by == JUDGE:
         if judge is None:

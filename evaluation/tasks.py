@@ -134,7 +134,6 @@ class EvalTasks:
 
     def _evaluate(self, task: EvalTask, config: EvalConfig, judge) -> dict:
         from .report import write_report
-
         from .preference import looks_like_pairs, run_preference
 
         if looks_like_pairs(config.suite):  # preference pairs: the preference view, not a suite
@@ -147,6 +146,22 @@ class EvalTasks:
                  "chart": task.paths.get("chart"), "answers": task.run.run_dir / "answers.jsonl"}
         return {"status": "cancelled" if task.run.cancelled else "done", "summary": evaluation_summary(task),
                 "files": {label: str(path) for label, path in files.items() if path and Path(path).exists()}}
+
+    def _generate(self, task: EvalTask, source: Path, field_name: str, template, teacher, output: Path) -> dict:
+        from .generate_data import generate_data
+
+        def progress(done: int, total: int) -> None:
+            task.progress.update(done, total, f"text {done} of {total}")
+
+        report = generate_data(str(source), field_name, template, teacher, str(output), progress=False,
+                               cancel=task.cancel, on_progress=progress)
+        files = {"dataset": report.output, "rejects": report.rejects}
+        report.output = output.name  # the summary names the dataset, not this server's folders
+        status = "cancelled" if task.cancel.is_set() else ("failed" if report.stopped else "done")
+        return {"status": status, "summary": report.summary(), "error": report.stopped if status == "failed" else "",
+                "files": files}
+
+    # ----- reading and cancelling ----------------------------------------------------------------
 
     def get(self, task_id: str) -> EvalTask | None:
         return self.tasks.get(task_id)

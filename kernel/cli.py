@@ -119,6 +119,14 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     serving.add_argument("--max-lora-rank", type=int, default=32,
                          help="CUDA: largest rank those stacks hold; larger adapters are served by the reference path")
     serving.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: decode eagerly, without captured graphs")
+    remote = parser.add_argument_group("remote backend")
+    remote.add_argument("--backend-url", action="append", default=[], metavar="URL",
+                        help="an OpenAI-compatible server (e.g. http://host:8000/v1: vLLM, another arena) answers "
+                             "instead of a local model; repeatable: same base, each request to the least busy")
+    remote.add_argument("--backend-key", default=os.environ.get("ARENA_BACKEND_KEY"),
+                        help="bearer key for --backend-url (or $ARENA_BACKEND_KEY)")
+    remote.add_argument("--backend-tokenizer", default=None, metavar="FOLDER_OR_ID",
+                        help="the remote base's tokenizer when its name is no folder or Hub id here")
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -127,6 +135,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         quantization=args.quantize, device=args.device, backend=args.backend or "batched", dtype=args.dtype,
         kv_budget_mb=args.kv_budget_mb, max_batch=args.max_batch, max_loras=args.max_loras,
         max_lora_rank=args.max_lora_rank, cuda_graphs=not args.no_cuda_graphs,
+        backend_urls=args.backend_url, backend_key=args.backend_key, backend_tokenizer=args.backend_tokenizer,
     )
 
 

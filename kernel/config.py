@@ -82,6 +82,10 @@ class EngineConfig:
     max_loras: int = 8  # CUDA: adapter slots of the batched backend, fixed so captured graphs stay valid
     max_lora_rank: int = 32  # CUDA: the largest rank those slots hold; larger adapters use the reference path
     cuda_graphs: bool = True  # CUDA: capture the decode step at a few batch sizes
+    # Remote OpenAI-compatible servers (vLLM, another arena's /v1) instead of a local model; base is then unused.
+    backend_urls: list[str] = field(default_factory=list)
+    backend_key: str | None = field(default=None, repr=False)
+    backend_tokenizer: str | None = None  # a local folder or Hub id with the remote base's tokenizer
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)

@@ -11,6 +11,7 @@
       ratings.sqlite             1-to-5 ratings of single answers (Compare, and Arena after the reveal)
       jobs.sqlite, jobs/<id>/    training jobs and each one's config, log, metrics and checkpoints
       eval.sqlite                evaluation answers, reused when nothing they depend on changed
+      adapter_decisions.json     "serve anyway" / "do not serve" per adapter whose named base is another model
       evaluations/<time>-<suite>/  one evaluation run: its answers and reports
       runs/<id>.json             the Evaluate tab's background runs (evaluations, dataset generation), listed after a reload
 
@@ -93,6 +94,11 @@ class DataDir:
         return self.root / "runs"
 
     # databases
+    @property
+    def adapter_decisions(self) -> Path:
+        """The user's "serve anyway" / "do not serve" per adapter (models/fit.py)."""
+        return self.root / "adapter_decisions.json"
+
     @property
     def votes_db(self) -> Path:
         return self.root / "votes.sqlite"

@@ -36,3 +36,8 @@ def mount_point(path: str | Path) -> Path:
     while not os.path.ismount(folder):
         folder = folder.parent
     return folder
+
+
+class NotSupported(ArenaError):
+    """What was asked cannot be done by this backend at all (e.g. a remote server without echo + logprobs):
+    reported as such, never scored as a wrong answer."""

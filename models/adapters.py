@@ -15,7 +15,8 @@ import torch
 
 from kernel.errors import ArenaError, first_line
 
-from .base import LoadedBase, short_name
+from .base import LoadedBase
+from .fit import card_base, judge_name
 from .module_copies import carried, vocabulary_reason
 from .module_copies import describe as describe_carried
 from .safetensors_header import FLOAT_DTYPES, read_safetensors_header  # noqa: F401 - re-exported
@@ -43,6 +44,21 @@ def validate_name(name: str) -> str:
         raise ArenaError(
             f"adapter name '{shown}' must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
+    return name
+
+
+def validate_variant_name(name: str) -> str:
+    """A found adapter's name: plain names joined by '/', optionally '@<step>' for a checkpoint.
+
+    No part may be '..' or empty and none holds a comma or a space, so the name works as it is in
+    the Compare dropdown, the API, `--variants a,b` lists and the votes."""
+    path, _, step = name.partition("@")
+    if step and not step.isdigit():
+        raise ArenaError(f"adapter name '{printable(name[:80])}': only a checkpoint's step may follow '@'")
+    for part in path.split("/"):
+        if part.lower() in RESERVED_NAMES and "/" in path:
+            continue  # 'runs/base' is a path, not the base
+        validate_name(part)
     return name
 
 
@@ -75,6 +91,16 @@ class AdapterInfo:
     trainable_parameters: int | None = None
     carries: dict[str, float] = field(default_factory=dict)  # module -> MB saved beyond LoRA (modules_to_save...)
     served_by: str = ""  # once loaded: which backend path answers with it, and why when it is not the usual one
+    card_base: str = ""  # base_model in the folder's README.md (the Hub's model card)
+    fit_note: str = ""  # the named base differs but the weights fit: said, not refused
+    fit_warning: str = ""  # named for another model whose shapes happen to fit: served only with this warning
+    decision: str = ""  # the user's "serve anyway" / "do not serve", from DATA/adapter_decisions.json
+    run: str = ""  # a checkpoint's run (its variant is run@step), with what trainer_state.json recorded
+    step: int | None = None
+    epoch: float | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    last_used: float = 0.0  # monotonic time of the last request: checkpoints unload least recently used first
 
     @property
     def created(self) -> str:
@@ -95,36 +121,29 @@ class AdapterInfo:
             "alpha": self.alpha, "target_modules": ",".join(self.target_modules), "dora": self.use_dora,
             "trainable_parameters": self.trainable_parameters, "base": self.base_model,
             "created": self.created, "dataset": self.dataset, "path": str(self.path), "served_by": self.served_by,
+            "note": " ".join(filter(None, [self.fit_warning and f"warning: {self.fit_warning}", self.fit_note,
+                                           self.decision and f"({self.decision})"])),
+            "step": self.step, "epoch": self.epoch, "train_loss": self.train_loss, "eval_loss": self.eval_loss,
             "carries": describe_carried(self.carries),
         }
 
-
-def scan(dirs: list[Path]) -> list[AdapterInfo]:
-    """Every adapter folder under the given folders (one level deep), read but not checked against a base."""
-    found: dict[str, AdapterInfo] = {}
-    for root in dirs:
-        try:
-            folders = sorted(p for p in Path(root).iterdir() if p.is_dir()) if Path(root).is_dir() else []
-        except OSError as exc:  # an unreadable folder of adapters costs its adapters, not the server
-            log.warning("cannot read adapters folder %s: %s", root, exc.strerror or exc)
-            continue
-        for folder in folders:
-            if folder.name.startswith("."):
-                continue  # dot folders are temp folders of writes in progress
-            info = inspect_folder(folder)
-            if info.name in found:
-                info.fail(f"name already used by {found[info.name].path}")
-                info.name = f"{info.name}@{printable(folder.parent.name)}"
-            found[info.name] = info
-    return list(found.values())
+    @property
+    def lazy(self) -> bool:
+        """Checkpoints load on first use and unload when unused (a run may keep twenty)."""
+        return self.step is not None
 
 
-def inspect_folder(folder: Path) -> AdapterInfo:
-    """Read an adapter's config and card; any problem, even one no check foresaw, becomes the reason."""
-    info = AdapterInfo(name=printable(folder.name), path=folder)
+def inspect_folder(folder: Path, name: str | None = None) -> AdapterInfo:
+    """Read an adapter's config and card; any problem, even one no check foresaw, becomes the reason.
+
+    `name` is the adapter's path relative to its adapters folder (`finetuned-model/lora_weights`), with
+    `@step` for a checkpoint (models/discovery.py); the folder's own name when not given."""
+    name = name or folder.name
+    info = AdapterInfo(name=printable(name), path=folder)
     try:
-        validate_name(folder.name)
+        validate_variant_name(name)
         info.card = _read_card(folder / CARD_FILE)
+        info.card_base = card_base(folder)
         config = read_config(folder / CONFIG_FILE)
         _fill_from_config(info, config)
         _check_weights_file(folder)
@@ -216,7 +235,8 @@ def _fill_from_config(info: AdapterInfo, config: dict) -> None:
     targets = config.get("target_modules") or []
     info.target_modules = [targets] if isinstance(targets, str) else sorted(targets)
     info.use_dora = bool(config.get("use_dora"))
-    info.base_model = str(info.card.get("base_model") or config.get("base_model_name_or_path") or "")
+    info.base_model = str(info.card.get("base_model") or config.get("base_model_name_or_path")
+                          or info.card_base or "")
 
 
 def _check_weights_file(folder: Path) -> None:
@@ -245,7 +265,10 @@ def check_compatible(info: AdapterInfo, base: LoadedBase) -> str:
     r=4096 over r=4 weights is refused before PEFT builds 4096-wide matrices for every layer.
     """
     try:
-        return one_line(_compatibility(info, base))
+        reason = one_line(_compatibility(info, base))
+        if not reason:
+            judge_name(info, base)
+        return reason
     except ArenaError as exc:
         return one_line(str(exc))
     except Exception as exc:  # noqa: BLE001 - a check that breaks costs this adapter, never the server
@@ -254,8 +277,6 @@ def check_compatible(info: AdapterInfo, base: LoadedBase) -> str:
 
 
 def _compatibility(info: AdapterInfo, base: LoadedBase) -> str:
-    if info.base_model and short_name(info.base_model) not in base.identities:
-        return f"made for base '{info.base_model}', but the loaded base is '{base.name}'"
     header = read_safetensors_header(info.path / WEIGHTS_FILE)
     if not header:
         return f"{WEIGHTS_FILE} holds no tensors"
@@ -275,6 +296,9 @@ def _compatibility(info: AdapterInfo, base: LoadedBase) -> str:
     for key, entry in header.items():
         match = _LORA_KEY.match(key)
         if not match:
+            reason = _whole_tensor_reason(key, entry, modules)
+            if reason:
+                return reason
             continue
         module_name, kind = match["module"], match["kind"]
         module = modules.get(module_name)
@@ -293,6 +317,19 @@ def _compatibility(info: AdapterInfo, base: LoadedBase) -> str:
         if missing:
             return f"layer '{module_name[:120]}' has {', '.join(sorted(found))} but no {', '.join(missing)}"
     return _config_rank_reason(info, max(ranks.values()))
+
+
+def _whole_tensor_reason(key: str, entry, modules: dict[str, torch.nn.Module]) -> str:
+    """A saved whole layer (modules_to_save: embed_tokens, lm_head) must have the base's shape: the
+    vocabulary and hidden size of the model it was trained on show here."""
+    module_name, _, param = re.sub(r"^base_model\.model\.", "", key).rpartition(".")
+    module_name = re.sub(r"\.modules_to_save\.[^.]+$|\.original_module$", "", module_name)
+    module = modules.get(module_name)
+    weight = getattr(module, param, None) if module is not None else None
+    if isinstance(weight, torch.Tensor) and list(weight.shape) != list(entry.shape):
+        what = "vocabulary and hidden size" if isinstance(module, torch.nn.Embedding) or "head" in module_name else "shape"
+        return f"{key[:160]}: shape {list(entry.shape)} does not fit the base's {list(weight.shape)} ({what})"
+    return ""
 
 
 def targets_reason(targets: list[str], modules: dict[str, torch.nn.Module]) -> str:

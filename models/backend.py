@@ -44,6 +44,9 @@ class ScoreRow:
     continuation_ids: list[int]
 
 
+TokenScore = tuple[float, list[tuple[int, float]]]  # a token's log-probability, and (token, logprob) alternatives
+
+
 class Backend(Protocol):
     name: str  # "batched" or "hf"
     base: LoadedBase
@@ -63,6 +66,9 @@ class Backend(Protocol):
     def stream(self, rows: list[Row], cancel: threading.Event | None) -> Iterator[StreamEvent]: ...
 
     def loglikelihood(self, rows: list[ScoreRow], cancel: threading.Event | None) -> list[float]: ...
+
+    # Each continuation token's log-probability with the `top` likeliest tokens at its place (echo + logprobs).
+    def token_logprobs(self, row: ScoreRow, top: int, cancel: threading.Event | None) -> list[TokenScore]: ...
 
     def info(self) -> dict: ...
 
@@ -102,3 +108,11 @@ def memory_mb(base: LoadedBase) -> float:
     if base.device.type == "cuda":
         return torch.cuda.memory_allocated(base.device) / 2**20
     return weight_bytes(base.model) / 2**20  # a quantised weight's absmax and scales count too
+
+
+def top_tokens(logprobs: torch.Tensor, top: int) -> list[list[tuple[int, float]]]:
+    """The `top` likeliest (token, log-probability) pairs of each row, most likely first."""
+    if top <= 0:
+        return [[] for _ in range(logprobs.shape[0])]
+    values, tokens = logprobs.topk(top, dim=-1)
+    return [list(zip(t, v)) for t, v in zip(tokens.tolist(), values.tolist())]

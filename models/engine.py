@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +20,7 @@ import torch
 from kernel.config import ArenaError, EngineConfig, SamplingParams
 
 from . import adapters as registry
+from . import discovery, fit
 from .adapters import WEIGHTS_FILE, AdapterInfo, check_compatible
 from .backend import BASE_ROW, Backend, Row, ScoreRow, forced_dtype
 from .base import load_base
@@ -30,11 +33,18 @@ from .streaming import GenerationStats, StreamEvent
 
 log = logging.getLogger(__name__)
 BASE = "base"
+MAX_LOADED_CHECKPOINTS = 4  # checkpoints held at once; the least recently used one makes room
+CHECKPOINT_IDLE_S = 600.0  # a checkpoint unused this long is unloaded at the next request
+MIN_FREE_FRACTION = 0.1  # below this share of free memory, loading a checkpoint unloads idle ones first
 
 
 def make_backend(config: EngineConfig) -> Backend:
     """Load the base and wrap it in the configured backend (here, not in models.backend: the backends
     import the protocol's module, so it must not import them)."""
+    if config.backend_urls:
+        from .remote import RemoteBackend
+
+        return RemoteBackend(config.backend_urls, config.backend_key, config.backend_tokenizer, config.paths.models)
     if config.backend == "batched":
         return load_batched(config)
     return HFBackend(load_base(config.base, config.paths.models, config.device, config.quantization,
@@ -47,6 +57,7 @@ class ChatRequest:
     messages: list[dict] | str
     system: str | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
+    prompt_ids: list[int] | None = None  # raw prompt tokens, no chat template (the API's /v1/completions)
 
 
 @dataclass
@@ -67,6 +78,13 @@ class ScoreRequest:
 
 
 @dataclass
+class TokenLogprob:
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]  # the likeliest tokens at this position, most likely first
+
+
+@dataclass
 class Answer:
     variant: str
     text: str
@@ -82,6 +100,7 @@ class Engine:
         # One registry change at a time: a rescan after a training job and one from the UI must not
         # both load the same new adapter.
         self._changing = threading.RLock()
+        self._in_use: Counter[str] = Counter()  # rows streaming per adapter: never unloaded under them
 
     @classmethod
     def load(cls, config: EngineConfig) -> "Engine":
@@ -100,8 +119,13 @@ class Engine:
             return list(self._adapters.values())
 
     def variants(self) -> list[str]:
-        """What can answer now: the base and every loaded adapter."""
-        return [BASE] + [a.name for a in self.adapters() if a.status == "loaded"]
+        """What can answer now: the base, every loaded adapter and every checkpoint (loaded on first use)."""
+        return [BASE] + [a.name for a in self.adapters() if a.status == "loaded" or a.lazy and a.status == "available"]
+
+    def variant_choices(self) -> list[tuple[str, str]]:
+        """(label, variant) for dropdowns: a checkpoint's label shows its step, epoch and losses."""
+        infos = {a.name: a for a in self.adapters()}
+        return [(discovery.describe(infos[v]) if v in infos else v, v) for v in self.variants()]
 
     def rescan(self, load: bool = True) -> list[AdapterInfo]:
         """Read the adapter folders again: load new adapters, forget ones whose folder is gone."""
@@ -109,16 +133,21 @@ class Engine:
             return self._rescan(load)
 
     def _rescan(self, load: bool) -> list[AdapterInfo]:
-        found = {info.name: info for info in registry.scan(self.adapter_dirs)}
+        found = {info.name: info for info in discovery.scan(self.adapter_dirs, self.config.paths.jobs)}
+        decisions = fit.read_decisions(self.config.paths.adapter_decisions)
+        served_elsewhere = getattr(self.backend, "remote_adapters", None)  # a remote server's own adapters
+        for info in served_elsewhere() if served_elsewhere else []:
+            found.setdefault(info.name, info)
         for name, old in list(self._adapters.items()):
             if name not in found or found[name].path != old.path:
                 self.unload_adapter(name, forget=True)
         for name, info in found.items():
             if name in self._adapters:
                 continue
+            info.decision = decisions.get(name, "")
             with self._lock:
                 self._adapters[name] = info
-            if info.status != "failed" and load:
+            if info.status != "failed" and load and not info.lazy:
                 self.load_adapter(name)
         return self.adapters()
 
@@ -131,9 +160,13 @@ class Engine:
         info = self._get(name)
         if info.status == "loaded" and not replace:
             return info
-        fresh = registry.inspect_folder(info.path)  # the folder may have changed since the scan
-        fresh.name = name
+        # The folder may have changed since the scan.
+        fresh = discovery.checkpoint_info(info.path, info.run, info.step) if info.lazy else \
+            registry.inspect_folder(info.path, name=name)
+        fresh.name, fresh.decision, fresh.last_used = name, info.decision, time.monotonic()
         reason = fresh.reason or self.check_adapter(fresh)
+        if not reason and fresh.decision == "do not serve":
+            reason = "marked 'do not serve' in the Models tab"
         if not reason:
             reason = self.backend.attach(fresh, replace=replace)
         elif replace:
@@ -150,6 +183,8 @@ class Engine:
 
     def check_adapter(self, info: AdapterInfo) -> str:
         """'' when the adapter folder fits this base, else why not (shapes, modules, recorded base)."""
+        if self.backend.base.model is None:  # a remote base: its server checks the weights as it loads them
+            return ""
         return check_compatible(info, self.backend.base)
 
     def unload_adapter(self, name: str, forget: bool = False) -> None:
@@ -166,6 +201,17 @@ class Engine:
         if forget:
             with self._lock:
                 self._adapters.pop(name, None)
+
+    def decide(self, name: str, decision: str | None) -> AdapterInfo:
+        """Remember "serve anyway" / "do not serve" (None forgets) for an adapter, and apply it now."""
+        with self._changing:
+            info = self._get(name)
+            fit.write_decision(self.config.paths.adapter_decisions, name, decision)
+            info.decision = decision or ""
+            if info.lazy and info.status != "loaded" and decision != "do not serve":
+                info.status, info.reason = "available", ""
+                return info
+            return self._load_adapter(name, replace=info.status == "loaded")
 
     def reload_adapter(self, name: str) -> AdapterInfo:
         """Load again from disk, e.g. after retraining under the same name."""
@@ -190,8 +236,15 @@ class Engine:
 
     def stream(self, requests: list[ChatRequest], cancel: threading.Event | None = None) -> Iterator[StreamEvent]:
         """Answer every request, streaming; closing the iterator early cancels the generation."""
-        rows = [self._row(i, r) for i, r in enumerate(requests)]
-        return self.backend.stream(rows, cancel)
+        rows: list[Row] = []
+        try:  # each row's adapter is in use from here: a later row's checkpoint must not unload it
+            for index, request in enumerate(requests):
+                rows.append(self._row(index, request))
+                self._use([rows[-1].adapter], 1)
+            return self._counted(self.backend.stream(rows, cancel), [r.adapter for r in rows])
+        except BaseException:
+            self._use([r.adapter for r in rows], -1)
+            raise
 
     @property
     def context_limit(self) -> int:
@@ -215,9 +268,13 @@ class Engine:
         return self.backend.base.parameters
 
     def _row(self, index: int, request: ChatRequest) -> Row:
-        messages = normalize_messages(request.messages, request.system)
         adapter = self._adapter_for(request.variant)
-        ids = build_prompt_ids(self.tokenizer, messages)
+        if request.prompt_ids is not None:
+            ids = list(request.prompt_ids)
+        else:
+            ids = build_prompt_ids(self.tokenizer, normalize_messages(request.messages, request.system))
+        if not ids:
+            raise ArenaError("the prompt is empty")
         if len(ids) >= self.context_limit:
             raise ArenaError(
                 f"the conversation is {len(ids)} tokens, this server answers up to {self.context_limit}: "
@@ -236,10 +293,47 @@ class Engine:
             info = self._adapters.get(variant)
         if info is None:
             raise ArenaError(f"unknown variant '{variant}': choose from {', '.join(self.variants())}")
+        if info.lazy:
+            info = self._load_checkpoint(variant)
         if info.status != "loaded":
             why = f": {info.reason}" if info.reason else " (not loaded)"
             raise ArenaError(f"adapter '{variant}' cannot answer{why}")
         return variant
+
+    def _load_checkpoint(self, name: str) -> AdapterInfo:
+        """Load a checkpoint on first use, unloading idle ones (least recently used first) to make room."""
+        with self._changing:
+            info = self._get(name)
+            info.last_used = time.monotonic()
+            loading = info.status == "available"
+            self._make_room(name, loading)
+            return self._load_adapter(name) if loading else info
+
+    def _make_room(self, current: str, loading: bool) -> None:
+        """Unload checkpoints beyond MAX_LOADED_CHECKPOINTS, unused for CHECKPOINT_IDLE_S, or all idle ones
+        when memory runs short; never one that rows are streaming from."""
+        now = time.monotonic()
+        loaded = [a for a in self.adapters() if a.lazy and a.status == "loaded" and a.name != current]
+        with self._lock:
+            idle = sorted((a for a in loaded if not self._in_use[a.name]), key=lambda a: a.last_used)
+        excess = len(loaded) + 1 - MAX_LOADED_CHECKPOINTS
+        short = loading and memory_short(self.backend.base.device)
+        for info in idle:
+            if excess > 0 or short or now - info.last_used > CHECKPOINT_IDLE_S:
+                log.info("unloading checkpoint %s (unused for %.0f s)", info.name, now - info.last_used)
+                self._unload_adapter(info.name, forget=False)
+                excess -= 1
+
+    def _use(self, adapters: list[str], count: int) -> None:
+        with self._lock:
+            self._in_use.update({a: count for a in adapters})
+
+    def _counted(self, events: Iterator[StreamEvent], adapters: list[str]) -> Iterator[StreamEvent]:
+        """The backend's events; the adapters stay marked in use until the stream ends."""
+        try:
+            yield from events
+        finally:
+            self._use(adapters, -1)
 
     # ----- conveniences over stream() ---------------------------------------------------------
 
@@ -277,7 +371,11 @@ class Engine:
         options = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
         if any(not ids for ids in options):
             raise ArenaError("every choice needs some text")
-        scores = self.backend.loglikelihood([ScoreRow(adapter, prompt, ids) for ids in options], cancel)
+        self._use([adapter], 1)
+        try:
+            scores = self.backend.loglikelihood([ScoreRow(adapter, prompt, ids) for ids in options], cancel)
+        finally:
+            self._use([adapter], -1)
         return [Continuation(text, logprob, len(ids)) for text, logprob, ids in zip(continuations, scores, options)]
 
     def loglikelihood_batch(self, requests: list[ScoreRequest], batch_size: int = 16,
@@ -302,6 +400,18 @@ class Engine:
                 scores[i] = value
         return [Continuation(r.continuation, score, len(row.continuation_ids))
                 for r, score, row in zip(requests, scores, rows)]
+
+    def token_logprobs(self, variant: str, ids: list[int], top: int = 0,
+                       cancel: threading.Event | None = None) -> list[TokenLogprob]:
+        """Each token's log-probability after the tokens before it (from the second token on), with
+        the `top` likeliest alternatives: what an OpenAI `echo` + `logprobs` request reports."""
+        adapter = self._adapter_for(variant)
+        if len(ids) > self.context_limit:
+            raise ArenaError(f"the prompt is {len(ids)} tokens, this server answers up to {self.context_limit}")
+        if len(ids) < 2:
+            return []
+        scored = self.backend.token_logprobs(ScoreRow(adapter, ids[:1], ids[1:]), top, cancel)
+        return [TokenLogprob(token, logprob, alternatives) for token, (logprob, alternatives) in zip(ids[1:], scored)]
 
     def variant_identity(self, variant: str) -> tuple:
         """What identifies the weights a variant answers with: the base (and its precision), an adapter's file.
@@ -334,3 +444,17 @@ class Engine:
     def close(self) -> None:
         """Stop the backend's worker thread (tests and the bench load several engines in one process)."""
         self.backend.close()
+
+
+def memory_short(device: torch.device) -> bool:
+    """Less than MIN_FREE_FRACTION of the device's memory (the machine's, on a CPU) is free."""
+    try:
+        if device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(device)
+        else:
+            import os
+
+            free, total = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PHYS_PAGES")
+        return free < MIN_FREE_FRACTION * total
+    except (OSError, ValueError, RuntimeError, AttributeError):
+        return False

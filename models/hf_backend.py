@@ -22,7 +22,7 @@ from kernel.errors import ArenaError
 from kernel.errors import first_line
 
 from .adapters import AdapterInfo
-from .backend import BASE_ROW, Either, Row, ScoreRow, drain, memory_mb
+from .backend import BASE_ROW, Either, Row, ScoreRow, TokenScore, drain, memory_mb
 from .base import LoadedBase
 from .device_queue import Cancelled, DeviceQueue
 from .module_copies import COPYABLE, split_copies, swapped_in
@@ -224,6 +224,14 @@ class HFBackend:
                 for i, score in zip(indices, group):
                     scores[i] = score
         return scores
+
+    def token_logprobs(self, row: ScoreRow, top: int, cancel: threading.Event | None = None) -> list[TokenScore]:
+        """One forward pass over prompt + continuation with the row's adapter active."""
+        with self.device.hold(cancel):
+            if row.adapter != BASE_ROW and row.adapter not in self.attached:
+                raise ArenaError(f"adapter '{row.adapter}' was unloaded while this request waited")
+            with self._adapter_active(row.adapter):
+                return self.runner.token_logprobs(row.prompt_ids, row.continuation_ids, top)
 
     @contextlib.contextmanager
     def _adapter_active(self, adapter: str):

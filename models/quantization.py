@@ -68,8 +68,9 @@ def why_not(quantization: str, device: torch.device) -> str:
     return ""
 
 
-def bnb_config(quantization: str, device: torch.device):
-    """The BitsAndBytesConfig for '4bit' (NF4, double quant) or '8bit' (LLM.int8); ArenaError if impossible."""
+def bnb_config(quantization: str, device: torch.device, quant_storage: torch.dtype | None = None):
+    """The BitsAndBytesConfig for '4bit' (NF4, double quant) or '8bit' (LLM.int8); ArenaError if impossible.
+    quant_storage: the dtype packed 4-bit weights are stored in (FSDP needs bf16; default uint8)."""
     reason = why_not(quantization, device)
     if reason:
         raise ArenaError(reason)
@@ -77,7 +78,8 @@ def bnb_config(quantization: str, device: torch.device):
 
     if quantization == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype(device))
+                                  bnb_4bit_compute_dtype=compute_dtype(device),
+                                  **({"bnb_4bit_quant_storage": quant_storage} if quant_storage else {}))
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
@@ -86,12 +88,13 @@ def device_map(device: torch.device) -> dict:
     return {"": "cpu"} if device.type == "cpu" else {"": device.index or 0}
 
 
-def load_quantized(source: str, quantization: str, device: torch.device, cache_root: Path | None, **kwargs):
+def load_quantized(source: str, quantization: str, device: torch.device, cache_root: Path | None,
+                   quant_storage: torch.dtype | None = None, **kwargs):
     """The model at `source` with its linear layers quantised; a local folder is quantised once and kept
     under cache_root (None: no copy kept). kwargs go to from_pretrained (dtype, local_files_only, ...)."""
     from transformers import AutoModelForCausalLM
 
-    config = bnb_config(quantization, device)
+    config = bnb_config(quantization, device, quant_storage)
     placed = dict(kwargs, device_map=device_map(device))
     cached = cache_folder(cache_root, source, quantization, config) if cache_root and Path(source).is_dir() else None
     if cached is not None and (cached / "config.json").is_file():
@@ -107,7 +110,8 @@ def cache_folder(cache_root: Path, source: str, quantization: str, config) -> Pa
     import bitsandbytes
 
     weights = sorted(Path(source).glob("*.safetensors"))
-    stamp = [str(Path(source).resolve()), quantization, str(config.bnb_4bit_compute_dtype), bitsandbytes.__version__]
+    stamp = [str(Path(source).resolve()), quantization, str(config.bnb_4bit_compute_dtype),
+             str(config.bnb_4bit_quant_storage), bitsandbytes.__version__]
     stamp += [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in weights]
     key = hashlib.sha256("|".join(stamp).encode()).hexdigest()[:12]
     return Path(cache_root) / f"{Path(source).name}-{quantization}-{key}"

@@ -9,7 +9,7 @@ from transformers import GenerationConfig, StoppingCriteriaList
 
 from kernel.config import SamplingParams
 
-from .backend import Row
+from .backend import Row, top_tokens
 from .streaming import CancelCriteria, RowStreamer, StreamEvent
 
 
@@ -58,8 +58,8 @@ class HFRunner:
 
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
         """Sum of log-probabilities of each continuation's tokens after its prompt, in one padded forward pass."""
-        rows = [prompt + option for prompt, option in pairs]
-        width = max(len(r) for r in rows)
+        sequences = [prompt + continuation for prompt, continuation in pairs]
+        width = max(len(r) for r in sequences)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in sequences], device=self.device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in sequences], device=self.device)
@@ -67,12 +67,22 @@ class HFRunner:
             logits = self.base_model(input_ids=ids, attention_mask=mask).logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
         scores = []
-        for row, (prompt, option) in enumerate(pairs):
+        for row, (prompt, continuation) in enumerate(pairs):
             # the token at position p is predicted by the logits at p - 1
             positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(continuation), device=self.device)
             targets = torch.tensor(continuation, device=self.device)
             scores.append(float(logprobs[row, positions, targets].sum()))
         return scores
+
+    def token_logprobs(self, prompt: list[int], continuation: list[int], top: int = 0) -> list[tuple]:
+        """(log-probability, top alternatives) of each continuation token after what precedes it: one forward pass."""
+        ids = prompt + continuation
+        with torch.inference_mode():
+            logits = self.base_model(input_ids=torch.tensor([ids], device=self.device)).logits[0].float()
+        logprobs = torch.log_softmax(logits[len(prompt) - 1:-1], dim=-1)  # position p predicts token p + 1
+        targets = torch.tensor(continuation, device=self.device)
+        chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
+        return list(zip(chosen, top_tokens(logprobs, top)))
 
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(p) for p in prompts)
@@ -90,3 +100,4 @@ class HFRunner:
             repetition_penalty=params.repetition_penalty, eos_token_id=sorted(self.eos_ids),
             pad_token_id=self.tokenizer.pad_token_id, **sampling,
         )
+

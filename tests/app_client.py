@@ -60,3 +60,11 @@ def error_of(message: dict) -> str | None:
         return None
     output = message.get("output") or {}
     return str(output.get("error") or output.get("title") or output)
+
+
+def text_of(message: dict) -> str:
+    """A chat message's text, whether Gradio sent it as a string or as a list of parts."""
+    content = message["content"]
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content)
+    return content

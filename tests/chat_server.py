@@ -1,7 +1,8 @@
-"""A real OpenAI-compatible chat server on 127.0.0.1 for judge and teacher tests: nothing is mocked.
+"""A real OpenAI-compatible chat server on 127.0.0.1 for judge, teacher and remote-backend tests: nothing is mocked.
 
 It speaks `POST /v1/chat/completions`, records every request (headers and JSON body), and answers with
-the content each test chooses per request.
+the content each test chooses per request. Given `models`, it also lists them at `GET /v1/models`;
+given `completions`, that picks the Reply to `POST /v1/completions`.
 """
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ class Reply:
 class ChatServer:
     """Records every request (headers and JSON body); `respond(body)` picks the Reply (or a str content)."""
 
-    def __init__(self, respond):
+    def __init__(self, respond, models: list[dict] | None = None, completions=None):
         self.respond = respond
+        self.models = models
+        self.completions = completions
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
@@ -49,15 +52,24 @@ class ChatServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the http.server API
+                if self.path != "/v1/models" or server.models is None:
+                    self.send_error(404)
+                    return
+                self.answer(Reply(body=json.dumps({"object": "list", "data": server.models})))
+
             def do_POST(self):  # noqa: N802 - the http.server API
-                if self.path != "/v1/chat/completions":
+                respond = {"/v1/chat/completions": server.respond, "/v1/completions": server.completions}.get(self.path)
+                if respond is None:
                     self.send_error(404)
                     return
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
-                    server.requests.append({"headers": dict(self.headers), "body": body})
-                reply = server.respond(body)
-                reply = Reply(reply) if isinstance(reply, str) else reply
+                    server.requests.append({"headers": dict(self.headers), "body": body, "path": self.path})
+                reply = respond(body)
+                self.answer(Reply(reply) if isinstance(reply, str) else reply)
+
+            def answer(self, reply: Reply) -> None:
                 time.sleep(reply.delay)
                 data = reply.encoded()
                 self.send_response(reply.status)

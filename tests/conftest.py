@@ -126,13 +126,71 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def chat_server():
-    """start(respond) -> a running OpenAI-compatible server (tests/chat_server.py); all closed after the test."""
+
+class ArenaProcess:
+    """`python arena.py ARGS` as a separate process on a free port; its output goes to a log file."""
+
+    def __init__(self, args: list[str], log: Path, host: str = "127.0.0.1"):
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen([sys.executable, "arena.py", "--host", host, "--port", str(self.port), *args],
+                                         cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+    def wait_ready(self, path: str = "/v1/models", headers: dict | None = None, timeout: float = 180) -> None:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"arena.py exited: {self.output()}"
+            try:
+                if httpx.get(self.url + path, headers=headers, timeout=2).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        raise AssertionError(f"arena.py did not answer {path} within {timeout} s: {self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except Exception:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def arena_process(tmp_path_factory):
+    """start(*args) -> a running `arena.py` process (e.g. `--no-ui`, the remote of remote-backend tests)."""
     started = []
 
-    def start(respond) -> ChatServer:
-        server = ChatServer(respond)
+    def start(*args, host: str = "127.0.0.1", headers: dict | None = None) -> ArenaProcess:
+        process = ArenaProcess(list(args), tmp_path_factory.mktemp("arena_process") / "output.log", host)
+        started.append(process)
+        process.wait_ready(headers=headers)
+        return process
+
+    yield start
+    for process in started:
+        process.close()
+
+
+@pytest.fixture
+def chat_server():
+    """start(respond, models=None, completions=None) -> a running OpenAI-compatible server (tests/chat_server.py);
+    all closed after the test."""
+    started = []
+
+    def start(respond, **options) -> ChatServer:
+        server = ChatServer(respond, **options)
         started.append(server)
         return server
 

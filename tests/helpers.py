@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -94,6 +95,25 @@ def final_events(engine, requests) -> list:
     """The done event of each request of one Engine.stream call, in request order."""
     done = {e.index: e for e in engine.stream(requests) if e.done}
     return [done[i] for i in range(len(requests))]
+
+
+def join_mid_answer(engine, first, later, before: int = 5) -> tuple[list, list[list[int]]]:
+    """Stream `first`; after its first `before` events, send each `later` request alone from its own thread,
+    so they join its batch mid-answer. Returns first's events and the later answers' token ids, in order."""
+    stream = engine.stream([first])
+    events = [next(stream) for _ in range(before)]
+    results = {}
+
+    def answer(i: int, request) -> None:
+        results[i] = final_events(engine, [request])[0].token_ids
+
+    threads = [threading.Thread(target=answer, args=(i, r)) for i, r in enumerate(later)]
+    for thread in threads:
+        thread.start()
+    events += list(stream)
+    for thread in threads:
+        thread.join(60)
+    return events, [results.get(i) for i in range(len(later))]
 
 
 def answer_tokens(engine, requests) -> list[list[int]]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -47,15 +48,12 @@ BROKEN = {
     "no-weights": (_break_missing_weights, "no adapter_model.safetensors"),
     "bad-config": (_break_bad_json, "adapter_config.json is not valid JSON"),
     "not-lora": (_break_other_peft_type, "only LORA adapters"),
-    "other-base": (_break_other_base, "made for base 'meta-llama/Llama-3.2-1B-Instruct'"),
     "missing-module": (_break_missing_target, "query_key_value do not exist"),
 }
 
 
 @pytest.fixture(scope="module")
 def broken_setup(tmp_path_factory, tiny_model_path, tiny_adapters):
-    import shutil
-
     root = tmp_path_factory.mktemp("broken")
     adapters = root / "adapters"
     shutil.copytree(tiny_adapters / "a1", adapters / "good")
@@ -81,6 +79,18 @@ def test_each_broken_adapter_is_listed_with_its_reason(broken_setup, name):
     info = {a.name: a for a in broken_setup.adapters()}[name]
     assert info.status == "failed"
     assert BROKEN[name][1] in info.reason
+
+
+def test_another_named_base_is_served_with_a_warning_when_the_weights_fit(tmp_path, tiny_model_path, tiny_adapters):
+    shutil.copytree(tiny_adapters / "a2", tmp_path / "adapters" / "other-base")
+    _break_other_base(tmp_path / "adapters" / "other-base")
+    engine = Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=tmp_path))
+    try:
+        info = engine.adapters()[0]
+        assert info.status == "loaded"
+        assert info.fit_warning.startswith("made for meta-llama/Llama-3.2-1B-Instruct (another family)")
+    finally:
+        engine.close()
 
 
 def test_wrong_shapes_are_caught_before_peft(broken_setup):

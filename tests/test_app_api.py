@@ -14,19 +14,12 @@ from models import Engine, EngineConfig, SamplingParams
 from chat.turns import today
 from chat.search import SearchResult, WebSearch, augment_question
 from tests.static_search import StaticProvider
-from tests.app_client import call_args
+from tests.app_client import call_args, text_of
 
 FRANCE = "What is the capital of France?"
 FOLLOW_UP = "What is the title of source [1]?"  # sent without the sources, the model makes a title up
 # What /compare_send returns (session state is kept by the client, not returned):
 SOURCES, CHAT_1, CHAT_2, STATS_1, STATS_2 = 1, 3, 4, 7, 8
-
-
-def text_of(message: dict) -> str:
-    content = message["content"]
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content)
-    return content
 
 
 @pytest.fixture(scope="module")

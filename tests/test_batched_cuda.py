@@ -12,7 +12,7 @@ import torch
 
 from bench.bench_setup import minimal_tokenizer
 from models import ChatRequest, Engine, EngineConfig, SamplingParams
-from tests.helpers import answer_tokens, make_random_adapter
+from tests.helpers import answer_tokens, make_peft_adapter, make_random_adapter
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 GREEDY = SamplingParams(max_new_tokens=20)
@@ -35,6 +35,8 @@ def cuda_model(tmp_path_factory):
     for seed, name in enumerate(["a1", "a2", "a3"], 1):
         make_random_adapter(root / "tiny", root / "adapters" / name, seed=seed)
     make_random_adapter(root / "tiny", root / "adapters" / "dora1", seed=7, use_dora=True)
+    make_peft_adapter(root / "tiny", root / "adapters" / "whole", seed=8, target_modules=["q_proj", "v_proj"],
+                      modules_to_save=["embed_tokens", "lm_head"])
     return root
 
 
@@ -98,6 +100,15 @@ def test_loading_an_adapter_needs_no_new_capture(pair, cuda_model):
     finally:
         shutil.rmtree(batched.config.paths.adapters / "late")
         batched.rescan()
+
+
+def test_rows_with_their_own_head_decode_eagerly_beside_the_graphs(pair):
+    reference, batched = pair
+    assert {a.name: a.served_by for a in batched.adapters()}["whole"] == "batched"
+    requests = [ChatRequest(v, p, params=GREEDY) for v, p in zip(["whole", "a1", "base"], PROMPTS)]
+    expected = [answer_tokens(reference, [r])[0] for r in requests]
+    assert answer_tokens(batched, requests) == expected  # a step with a 'whole' row runs eagerly...
+    assert answer_tokens(batched, requests[1:]) == expected[1:]  # ...and the next ones replay graphs again
 
 
 def test_bf16_answers_every_row(cuda_model):

@@ -7,12 +7,12 @@ while others are mid-answer, with different lengths, and must give the same toke
 from __future__ import annotations
 
 import shutil
-import threading
 
 import pytest
 
 from models import ChatRequest, Engine, EngineConfig, SamplingParams
-from tests.helpers import final_events, wait_for
+from models.backend import BASE_ROW, ScoreRow
+from tests.helpers import final_events, join_mid_answer, wait_for
 
 PROMPTS = ["Hello there", "Tell me a story about the sea.", "What is 2 + 2?", "Name three colors."]
 GREEDY = SamplingParams(max_new_tokens=16)
@@ -70,19 +70,10 @@ def test_rows_with_different_max_new_tokens_end_on_their_own(reference, batched)
 def test_rows_that_join_mid_answer_give_the_reference_tokens(reference, batched):
     first = ChatRequest("a1", PROMPTS[1], params=SamplingParams(max_new_tokens=40))
     later = [ChatRequest("a2", PROMPTS[2], params=GREEDY), ChatRequest("base", PROMPTS[3], params=GREEDY)]
-    stream = batched.stream([first])
-    started = [next(stream) for _ in range(5)]  # the first row is mid-answer...
-    results = {}
-    threads = [threading.Thread(target=lambda i=i, r=r: results.setdefault(i, alone(batched, r)))
-               for i, r in enumerate(later)]
-    for thread in threads:  # ...when two more rows join its batch
-        thread.start()
-    rest = list(stream)
-    for thread in threads:
-        thread.join(60)
-    assert not started[-1].done and rest[-1].done
-    assert rest[-1].token_ids == alone(reference, first)
-    assert [results[i] for i in range(len(later))] == [alone(reference, r) for r in later]
+    events, answers = join_mid_answer(batched, first, later, before=5)
+    assert not events[4].done and events[-1].done  # the first row was mid-answer when the others joined
+    assert events[-1].token_ids == alone(reference, first)
+    assert answers == [alone(reference, r) for r in later]
 
 
 def test_log_likelihoods_equal_the_reference(reference, batched):
@@ -92,6 +83,26 @@ def test_log_likelihoods_equal_the_reference(reference, batched):
         ours = [c.logprob for c in batched.loglikelihood(variant, question, choices)]
         theirs = [c.logprob for c in reference.loglikelihood(variant, question, choices)]
         assert ours == pytest.approx(theirs, abs=1e-4), variant
+
+
+def test_token_log_probabilities_and_alternatives_equal_the_reference(reference, batched):
+    """What the API's echo + logprobs reports: each token's score and the likeliest tokens in its place."""
+    ids = batched.tokenizer("Which animal barks? A dog barks at night.")["input_ids"]
+    for variant in ["base", "a1", "dora1"]:
+        ours, theirs = batched.token_logprobs(variant, ids, top=3), reference.token_logprobs(variant, ids, top=3)
+        assert [t.token for t in ours] == ids[1:] == [t.token for t in theirs]
+        assert [t.logprob for t in ours] == pytest.approx([t.logprob for t in theirs], abs=1e-4), variant
+        assert [[a for a, _ in t.top] for t in ours] == [[a for a, _ in t.top] for t in theirs], variant
+
+
+def test_scoring_rows_of_different_lengths_in_one_prefill_turn(reference, batched):
+    """A short row sets the turn's chunk width: a long prompt's first chunk scores none of its continuation."""
+    short = batched.tokenizer("Hi")["input_ids"]
+    long = batched.tokenizer("Which animal barks loudly at the mailman every morning?")["input_ids"]
+    dog = batched.tokenizer(" a dog", add_special_tokens=False)["input_ids"]
+    rows = [ScoreRow(BASE_ROW, short, dog), ScoreRow(BASE_ROW, long, dog), ScoreRow(BASE_ROW, short[:1], long)]
+    ours = batched.backend.loglikelihood(rows, None)
+    assert ours == pytest.approx(reference.backend.loglikelihood(rows, None), abs=1e-4)
 
 
 def test_a_seeded_row_samples_the_same_whoever_shares_its_batch(batched):

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from models import Engine, EngineConfig, SamplingParams
-from models.adapters import scan
+from models.discovery import scan_root
 from tests.helpers import wait_for
 from training.config import TrainConfig
 from training.job_store import JobStore, latest_checkpoint
@@ -69,7 +69,8 @@ def eval_losses(store: JobStore, job_id: str) -> list[float]:
 def test_a_short_job_learns_and_the_engine_serves_its_adapter(tmp_path, tiny_model_path):
     data = tmp_path / "data"
     run = train_command(data, "--dataset", AHOY, "--name", "ahoy", "--base", tiny_model_path,
-                        "--learning-rate", "5e-3", "--epochs", "3", "--eval-every", "5", *SMALL)
+                        "--learning-rate", "5e-3", "--epochs", "3", "--eval-every", "5", "--keep-checkpoints", "0",
+                        *SMALL)
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"adapter saved to {data.resolve() / 'adapters' / 'ahoy'}" in run.stdout
 
@@ -88,9 +89,13 @@ def test_a_short_job_learns_and_the_engine_serves_its_adapter(tmp_path, tiny_mod
     check_card(json.loads((adapter / "arena_card.json").read_text()), losses)
 
     engine = Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=data))
-    assert engine.variants() == ["base", "ahoy"]
-    base, ahoy = engine.compare(["base", "ahoy"], QUESTION, params=GREEDY)
+    checkpoints = [v for v in engine.variants() if v.startswith("ahoy@")]
+    steps = [int(v.split("@")[1]) for v in checkpoints]
+    assert engine.variants()[:2] == ["base", "ahoy"] and steps == sorted(steps) and steps[:2] == [5, 10]
+    base, ahoy, first = engine.compare(["base", "ahoy", checkpoints[0]], QUESTION, params=GREEDY)
     assert ahoy.text and ahoy.text != base.text
+    kept = {a.name: a for a in engine.adapters()}[checkpoints[0]]  # the job's own checkpoint, served lazily
+    assert kept.status == "loaded" and kept.eval_loss == pytest.approx(losses[0], abs=1e-4)
 
 
 def lora_weights(adapter: Path) -> dict:
@@ -206,14 +211,14 @@ def test_c_a_process_killed_while_saving_leaves_no_half_adapter(tmp_path, tiny_m
     left = {p.name for p in half.iterdir()}
     assert "README.md" in left and not left & {"adapter_model.safetensors", "adapter_config.json", "arena_card.json"}
 
-    assert scan([adapters]) == []  # the registry skips dot folders: nothing to list, nothing broken
+    assert scan_root(adapters) == []  # the registry skips dot folders: nothing to list, nothing broken
     engine = Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=data))
     assert engine.variants() == ["base"] and engine.adapters() == []
 
     retry = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(tiny_model_path), str(adapters), "0"],
                            cwd=REPO, capture_output=True, text=True, timeout=120)
     assert retry.returncode == 0 and "saved" in retry.stdout, retry.stderr[-2000:]
-    [info] = scan([adapters])
+    [info] = scan_root(adapters)
     assert (info.name, info.status, info.base_model) == ("ahoy", "available", "tiny-llama")
     assert [p.name for p in adapters.iterdir()] == ["ahoy"]  # the next save cleared the dead one's folder
     assert engine.rescan() and engine.variants() == ["base", "ahoy"]
@@ -242,6 +247,31 @@ def test_d_two_processes_on_the_cpu_train_one_job(tmp_path, tiny_model_path):
     checkpoint = latest_checkpoint(JobStore(data).files(job.id).checkpoints)
     assert {p.name for p in checkpoint.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
     assert not list(scratch.glob("arena-train-*"))  # no rank trained into a forgotten temp folder
+
+
+def launched_env(tmp_path: Path, config: str, processes: int) -> list[dict]:
+    """What `accelerate launch --config_file training/accelerate/CONFIG` hands each process it starts."""
+    script = tmp_path / "env.py"
+    script.write_text("import json, os\nprint(json.dumps({k: v for k, v in os.environ.items() "
+                      "if k.startswith(('ACCELERATE_', 'FSDP_')) or k in ('RANK', 'WORLD_SIZE')}))\n")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "training" / "accelerate" / config), "--num_processes", str(processes), str(script)]
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+
+
+def test_d_the_ddp_config_file_starts_one_process_per_device(tmp_path):
+    ranks = launched_env(tmp_path, "ddp.yaml", 2)
+    assert sorted(env["RANK"] for env in ranks) == ["0", "1"] and {env["WORLD_SIZE"] for env in ranks} == {"2"}
+
+
+def test_d_the_fsdp_config_file_asks_for_fsdp2_with_full_weights_at_the_end(tmp_path):
+    """FSDP itself needs GPUs: on a CPU accelerate runs the same job as plain data parallel, so what can be
+    checked here is that the file reaches accelerate as FSDP2, one shard unit per decoder layer."""
+    [env] = launched_env(tmp_path, "fsdp.yaml", 1)
+    assert (env["ACCELERATE_USE_FSDP"], env["FSDP_VERSION"]) == ("true", "2")
+    assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP" and env["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT"
 
 
 # ----- e) bad input ----------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Four adapters made by PEFT on the tiny Llama: `mts` (LoRA on q/v plus a trained lm_head copy),
 `alllin` (all-linear, r=16, rsLoRA), `embed` (LoRA on q/v and embed_tokens) and `both` (copies of
 embed_tokens and lm_head). On both backends every mix of them with the base and each other answers,
-and each column equals that adapter answering alone.
+and each column equals that adapter answering alone. The batched backend serves them in its own loop
+(each row with its adapter's head and embeddings), also when rows of other lengths join mid-answer.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models import ChatRequest, Engine, EngineConfig, SamplingParams
-from tests.helpers import final_events, in_process, make_peft_adapter
+from tests.helpers import final_events, in_process, join_mid_answer, make_peft_adapter, wait_for
 
 GREEDY = SamplingParams(max_new_tokens=8)
 PROMPT = "Tell me a story about the sea."
@@ -49,12 +50,25 @@ def engine(request, tmp_path_factory, tiny_model_path, whole_adapters):
 
 
 @pytest.fixture(scope="module")
-def alone(tmp_path_factory, tiny_model_path, whole_adapters):
+def reference(tmp_path_factory, tiny_model_path, whole_adapters):
+    engine = _engine(tmp_path_factory, tiny_model_path, whole_adapters, "hf")
+    yield engine
+    engine.close()
+
+
+def by_itself(engine: Engine, request: ChatRequest) -> list[int]:
+    return final_events(engine, [request])[0].token_ids
+
+
+@pytest.fixture(scope="module")
+def alone(reference):
     """Each variant answering by itself on the reference backend: what every column must equal."""
-    reference = _engine(tmp_path_factory, tiny_model_path, whole_adapters, "hf")
-    answers = {v: final_events(reference, [ChatRequest(v, PROMPT, params=GREEDY)])[0].token_ids for v in VARIANTS}
-    reference.close()
-    return answers
+    return {v: by_itself(reference, ChatRequest(v, PROMPT, params=GREEDY)) for v in VARIANTS}
+
+
+def batched_only(engine: Engine) -> None:
+    if engine.backend.name != "batched":
+        pytest.skip("what the batched loop does")
 
 
 def test_every_kind_loads_and_changes_the_answer(engine, alone):
@@ -105,3 +119,44 @@ def test_another_vocabulary_is_listed_with_its_reason(engine, whole_adapters, tm
     assert info.status == "failed"
     assert info.reason.startswith(f"saves lm_head for a vocabulary of {head.shape[0] + 8} tokens, "
                                   f"the base has {head.shape[0]}")
+
+
+def test_the_batched_loop_serves_every_kind_itself(engine):
+    batched_only(engine)
+    assert {a.name: a.served_by for a in engine.adapters()} == {name: "batched" for name in KINDS}
+
+
+def test_rows_joining_mid_answer_keep_their_own_modules(engine, reference):
+    first = ChatRequest("both", PROMPT, params=SamplingParams(max_new_tokens=30))
+    later = [ChatRequest(v, p, params=GREEDY) for v, p in
+             [("mts", "Hi"), ("base", "What is 2 + 2?"), ("embed", "Name three colors, please."), ("alllin", "Hi")]]
+    events, answers = join_mid_answer(engine, first, later, before=3)
+    assert not events[2].done and events[-1].done  # rows of other adapters and prompt lengths joined mid-answer
+    assert events[-1].token_ids == by_itself(reference, first)
+    assert answers == [by_itself(reference, r) for r in later]
+
+
+def test_log_likelihoods_use_each_adapters_own_modules(engine, reference):
+    question = [{"role": "user", "content": "Which animal barks?"}]
+    choices = ["a dog", "a fish that swims in the sea"]
+    scores = {}
+    for variant in VARIANTS:
+        ours = [c.logprob for c in engine.loglikelihood(variant, question, choices)]
+        assert ours == pytest.approx([c.logprob for c in reference.loglikelihood(variant, question, choices)],
+                                     abs=1e-4), variant
+        scores[variant] = tuple(round(x, 3) for x in ours)
+    assert len(set(scores.values())) == len(VARIANTS), "each adapter's modules should change the scores"
+
+
+def test_unloading_frees_the_adapters_own_modules(engine, alone):
+    batched_only(engine)
+    head_mb = 49152 * 64 * 4 / 2**20  # the tiny model's vocabulary x width, fp32
+    embed_lora_mb = (49152 + 64) * 8 * 4 / 2**20  # r=8 LoRA on the embedding: A is vocabulary x r
+    held = engine.info()["adapter_modules_mb"]
+    assert held == pytest.approx(3 * head_mb + embed_lora_mb)  # mts's head, both's head and embeddings, embed's LoRA
+    engine.unload_adapter("both")
+    try:
+        wait_for(lambda: engine.info()["adapter_modules_mb"] < held - 1.9 * head_mb, 5, "both's copies to be freed")
+    finally:
+        engine.load_adapter("both")
+    assert by_itself(engine, ChatRequest("both", PROMPT, params=GREEDY)) == alone["both"]

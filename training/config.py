@@ -76,6 +76,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     eval_every: int = 10  # steps between validation losses
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = off
+    keep_checkpoints: int = 2  # checkpoints kept (one every eval_every steps); 0 keeps all, to compare them as name@step
     seed: int = 42
     logging_steps: int = 1
     extra: dict = field(default_factory=dict)  # room for options a later version adds
@@ -112,6 +113,7 @@ class TrainConfig:
             (self.early_stopping_patience >= 0, "early_stopping_patience must be 0 (off) or more"),
             (not (self.method == "full" and self.init_adapter),
              "init_adapter continues a LoRA adapter; method full trains the base's own weights: drop one of them"),
+            (self.keep_checkpoints >= 0, "keep_checkpoints must be 0 (all) or more"),
             (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
             (self.logging_steps >= 1, "logging_steps must be at least 1"),
             (valid_seed(self.seed), f"seed must be a whole number from 0 to {MAX_SEED}"),

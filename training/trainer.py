@@ -81,14 +81,19 @@ def load_for_training(cfg: TrainConfig, models_dir: Path):
     """Base model and tokenizer: bf16 on CUDA, fp32 on the CPU, 4-bit NF4 for QLoRA (CUDA or CPU);
     a full fine-tune keeps fp32 weights everywhere (on CUDA the Trainer adds bf16 autocast)."""
     name, source = resolve_base(cfg.base, models_dir)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # under accelerate each process trains on its own GPU
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     offline = hub_offline()
     kwargs = {"dtype": torch.bfloat16 if device.type == "cuda" and cfg.method != "full" else torch.float32,
               "local_files_only": offline}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
         if cfg.method == "qlora":  # the same quantised copy the engine serves, made once
-            model = load_quantized(source, "4bit", device, Path(models_dir) / QUANTIZED_DIR, **kwargs)
+            # FSDP shards only parameters of one dtype: under it the packed 4-bit weights are stored as bf16.
+            storage = torch.bfloat16 if os.environ.get("ACCELERATE_USE_FSDP") == "true" else None
+            model = load_quantized(source, "4bit", device, Path(models_dir) / QUANTIZED_DIR, quant_storage=storage,
+                                   **kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
@@ -155,7 +160,7 @@ def argument_values(cfg: TrainConfig, output_dir: Path, has_validation: bool) ->
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=float(cfg.warmup_ratio),
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, logging_steps=cfg.logging_steps,
         eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_every,
-        save_strategy="steps", save_steps=cfg.eval_every, save_total_limit=2,
+        save_strategy="steps", save_steps=cfg.eval_every, save_total_limit=cfg.keep_checkpoints or None,
         load_best_model_at_end=evaluate, metric_for_best_model="eval_loss", greater_is_better=False,
         train_sampling_strategy="random" if cfg.packing else "group_by_length",
         gradient_checkpointing=cfg.gradient_checkpointing, bf16=cuda, seed=cfg.seed, data_seed=cfg.seed,
@@ -185,6 +190,8 @@ def train(cfg: TrainConfig, data_dir: Path, reporter=None, resume_from: Path | N
     trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation or None,
                       data_collator=DataCollator(tokenizer.pad_token_id), callbacks=callbacks)
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    # Under FSDP each rank holds a shard of every weight: all ranks gather the full weights once, rank 0 writes.
+    full_state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if not trainer.is_world_process_zero():
         return None
     if progress.cancelled:
@@ -194,10 +201,11 @@ def train(cfg: TrainConfig, data_dir: Path, reporter=None, resume_from: Path | N
     card["train_tokens"] = trainer.state.num_input_tokens_seen
     card["tokens_per_second"] = round(card["train_tokens"] / card["train_seconds"], 1) if card["train_seconds"] else None
     card["optimizer_state_bytes"] = optimizer_state_bytes(trainer.optimizer)
+    saving = {"state_dict": full_state} if full_state is not None else {}
     if cfg.method == "full":
-        write = lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp))  # noqa: E731
+        write = lambda tmp: (model.save_pretrained(tmp, **saving), tokenizer.save_pretrained(tmp))  # noqa: E731
         return save_atomically(write, cfg.name, paths.models, card, paths, reporter, own_only=True)
-    return save_adapter(model, cfg.name, paths, base_name, card, reporter)
+    return save_adapter(model, cfg.name, paths, base_name, card, reporter, full_state)
 
 
 def _tokens_per_step(train: list, args: TrainingArguments) -> float:
@@ -240,9 +248,11 @@ def _best_step(trainer) -> int | None:
     return int(best.rsplit("-", 1)[-1]) if best else None
 
 
-def save_adapter(model, name: str, paths: DataDir, base_name: str, card: dict, reporter=None) -> Path:
+def save_adapter(model, name: str, paths: DataDir, base_name: str, card: dict, reporter=None,
+                 state_dict: dict | None = None) -> Path:
+    """state_dict: the full weights gathered from FSDP's shards (None: the model's own)."""
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         config_path = tmp / "adapter_config.json"
         config = json.loads(config_path.read_text())
         config["base_model_name_or_path"] = base_name  # the Hub id, not this machine's cache path

@@ -1,10 +1,11 @@
 """The default backend: every caller's rows share one decode loop, each row with its own adapter.
 
 It builds the pieces (forward pass over the model's own weights, KV cache, stacked LoRA weights,
-CUDA graphs on a GPU) and hands rows to the scheduler thread. Adapters it cannot serve in the
-stacks (DoRA, bias or fully trained modules, a rank above the fixed CUDA stack) are attached to a
-reference backend on the same model instead, and their rows are answered there; the Models tab
-says which path serves each adapter, and why.
+CUDA graphs on a GPU) and hands rows to the scheduler thread. An adapter's own lm_head or
+embed_tokens copy and LoRA on embed_tokens are served here too, for its rows only (own_modules.py).
+Adapters it cannot serve in the stacks (DoRA, bias, other fully trained modules, a rank above the
+fixed CUDA stack) are attached to a reference backend on the same model instead, and their rows are
+answered there; the Models tab says which path serves each adapter, and why.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from kernel.config import ArenaError, EngineConfig
 from kernel.errors import first_line
 
 from ..adapters import AdapterInfo
-from ..backend import Backend, Row, ScoreRow, memory_mb
+from ..backend import Backend, Row, ScoreRow, TokenScore, memory_mb
 from ..base import LoadedBase, hub_offline, load_base, resolve_base
 from ..hf_backend import HFBackend
 from ..streaming import StreamEvent
@@ -114,7 +115,8 @@ class BatchedBackend:
             weights = read_lora(info.path, len(self.forward.layers))
         except Exception as exc:  # unreadable weights: the registry shows the reason, the server goes on
             return f"cannot read the adapter's weights: {first_line(exc)[:300]}"
-        why = weights if isinstance(weights, str) else self.stacks.refusal(weights)
+        why = weights if isinstance(weights, str) else (
+            weights.modules.mismatch(*self.forward.embed.shape) or self.stacks.refusal(weights))
         if why:
             reason = self.reference.attach(info, replace=replace)
             if not reason:
@@ -173,9 +175,7 @@ class BatchedBackend:
 
     def loglikelihood(self, rows: list[ScoreRow], cancel: threading.Event | None = None) -> list[float]:
         for row in rows:
-            if len(row.prompt_ids) + len(row.continuation_ids) > self.context_limit:
-                raise ArenaError(f"a prompt and choice of {len(row.prompt_ids) + len(row.continuation_ids)} "
-                                 f"tokens is longer than this server's {self.context_limit}")
+            self._check_length(row)
         here = [i for i, row in enumerate(rows) if not self._on_reference(row.adapter)]
         there = [i for i in range(len(rows)) if i not in set(here)]
         scores = [0.0] * len(rows)
@@ -183,16 +183,32 @@ class BatchedBackend:
             for i, score in zip(there, self.reference.loglikelihood([rows[i] for i in there], cancel)):
                 scores[i] = score
         if here:
-            call = Call(cancel, len(here))
-            call.scores = [0.0] * len(here)
-            self.scheduler.submit([Job(call, score=rows[i], score_index=n) for n, i in enumerate(here)])
-            for _ in call.read():
-                pass
-            if cancel is not None and cancel.is_set():
-                raise ArenaError("scoring was cancelled")
-            for n, i in enumerate(here):
-                scores[i] = call.scores[n]
+            for i, job in zip(here, self._score([rows[i] for i in here], cancel)):
+                scores[i] = job.logprob
         return scores
+
+    def token_logprobs(self, row: ScoreRow, top: int, cancel: threading.Event | None = None) -> list[TokenScore]:
+        self._check_length(row)
+        if self._on_reference(row.adapter):
+            return self.reference.token_logprobs(row, top, cancel)
+        [job] = self._score([row], cancel, top=top)
+        return job.token_scores
+
+    def _score(self, rows: list[ScoreRow], cancel, top: int = -1) -> list[Job]:
+        """Scoring jobs through the decode loop's prefill; top >= 0 also keeps each token's score."""
+        call = Call(cancel, len(rows))
+        jobs = [Job(call, score=row, top=top) for row in rows]
+        self.scheduler.submit(jobs)
+        for _ in call.read():
+            pass
+        if cancel is not None and cancel.is_set():
+            raise ArenaError("scoring was cancelled")
+        return jobs
+
+    def _check_length(self, row: ScoreRow) -> None:
+        if len(row.prompt_ids) + len(row.continuation_ids) > self.context_limit:
+            raise ArenaError(f"a prompt and choice of {len(row.prompt_ids) + len(row.continuation_ids)} "
+                             f"tokens is longer than this server's {self.context_limit}")
 
     def info(self) -> dict:
         graphs = "" if self.graphs is None else f", CUDA graphs at {len(self.graphs.graphs)} shapes"
@@ -202,6 +218,7 @@ class BatchedBackend:
             "kv_cache": f"{plan.describe()}, {self.cache.megabytes:.0f} MB",
             "memory_mb": memory_mb(self.base), "waiting": self.waiting,
             "adapters_in_memory": len(self.stacks.used) + len(self.reference.attached),
+            "adapter_modules_mb": sum(m.megabytes for m in self.stacks.modules.values()),  # own heads/embeddings
         }
 
     def close(self) -> None:

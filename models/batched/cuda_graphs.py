@@ -5,7 +5,8 @@ GPU waits on the CPU (transformers + PEFT reached 2% of what memory bandwidth al
 A captured graph replays all of them with one launch. Shapes inside a graph are fixed, so each
 bucket is a (rows, key length) pair: a step runs the smallest bucket that holds it, unused rows
 write to the cache's scratch slot, and LoRA always goes through the whole stack of (fixed-address)
-adapter weights, so loading an adapter never needs a new capture. Any failure to capture logs one line and
+adapter weights, so loading an adapter never needs a new capture. A step with a row whose adapter brings
+its own lm_head/embed_tokens (own_modules.py) runs eagerly instead. Any failure to capture logs one line and
 the loop stays eager.
 """
 from __future__ import annotations

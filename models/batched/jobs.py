@@ -26,7 +26,6 @@ class Call:
         self.open = jobs
         self._count = threading.Lock()  # the loop thread and a reference relay both end jobs
         self.failed = False
-        self.scores: list[float] = []
 
     def emit(self, event) -> None:
         self.events.put(event)
@@ -56,8 +55,9 @@ class Call:
 class Job:
     call: Call
     row: Row | None = None  # a row to answer...
-    score: ScoreRow | None = None  # ...or a continuation to score (score_index: its place in the call)
-    score_index: int = 0
+    score: ScoreRow | None = None  # ...or a continuation to score
+    top: int = -1  # scoring: -1 keeps only the sum; n >= 0 keeps each token's score and n alternatives
+    token_scores: list = field(default_factory=list)
     submitted: float = field(default_factory=time.perf_counter)
     slot: int = -1  # KV slot while admitted
     adapter_slot: int = 0  # index into the LoRA stacks (0 = base)

@@ -16,6 +16,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from .kv_cache import KVCache
 from .lora import GROUPS, LoraBatch
+from .own_modules import ModuleRows
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 
@@ -100,6 +101,7 @@ class Batch:
     prefix: bool = False  # slots are 0..B-1: read the cache as a view instead of gathering rows
     fresh: bool = False  # every row starts at position 0: attend to the new keys, not the cache
     lora: LoraBatch | None = None
+    modules: ModuleRows | None = None  # rows whose adapter brings its own embed_tokens/lm_head
     unmasked: bool = False  # one token per row, each at position kv_len - 1: every key is visible, no mask
 
 
@@ -135,12 +137,16 @@ class LlamaForward:
     def __call__(self, batch: Batch, cache: KVCache, keep: torch.Tensor) -> torch.Tensor:
         """Logits [len(keep), vocab] of the flattened (row * T + token) positions in `keep`."""
         x = F.embedding(batch.ids, self.embed)
+        if batch.modules is not None:
+            x = batch.modules.embed(batch.ids, x)
         rows, width = batch.ids.shape
         cos, sin = self.rotary(x, batch.positions)
         mask = self._mask(batch)
         for index, layer in enumerate(self.layers):
             x = self._layer(index, layer, x, cos, sin, mask, batch, cache)
         x = self.norm(x).reshape(rows * width, -1)[keep]
+        if batch.modules is not None:
+            return batch.modules.head(x, self.lm_head, keep // width)
         return F.linear(x, self.lm_head)
 
     def _mask(self, batch: Batch) -> torch.Tensor | None:

@@ -12,20 +12,23 @@ them per row, which on this CPU cost 9.5 ms per module and step at 16 rows again
 masked form (single thread). With more than 16 slots the batch first takes out the adapters its rows
 use, so the cost follows the rows' adapters, not all loaded ones. A batch whose rows all want one
 adapter uses its A and B directly. Loading an adapter copies its weights into a free slot between
-two decode steps.
+two decode steps. An adapter's own lm_head/embed_tokens copies and embedding LoRA stay beside its
+slot (own_modules.py), not in the stacks.
 """
 from __future__ import annotations
 
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..adapters import CONFIG_FILE, WEIGHTS_FILE
+from ..module_copies import COPYABLE, split_copies
+from .own_modules import OwnModules, own_modules
 
 GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_up": ("gate_proj", "up_proj"),
           "down": ("down_proj",)}  # projections fused into one matmul because they read the same input
@@ -33,10 +36,11 @@ MODULES = tuple(m for members in GROUPS.values() for m in members)
 MEMBER = {m: (group, i) for group, members in GROUPS.items() for i, m in enumerate(members)}
 _KEY = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(?:self_attn|mlp)\."
                   r"(" + "|".join(MODULES) + r")\.lora_([AB])(?:\.[^.]+)?\.weight$")
+_EMBED_KEY = re.compile(r"^(?:base_model\.model\.)?(?:model\.)?embed_tokens\.lora_embedding_([AB])(?:\.[^.]+)?$")
 # LoraConfig fields that change what a forward pass computes beyond plain A/B products.
 _UNSERVED = {
     "use_dora": "DoRA", "rank_pattern": "per-module ranks (rank_pattern)", "alpha_pattern": "per-module alphas",
-    "modules_to_save": "fully trained modules (modules_to_save)", "lora_bias": "a bias on lora_B",
+    "lora_bias": "a bias on lora_B",
     "layer_replication": "layer replication", "trainable_token_indices": "trained token embeddings",
     "alora_invocation_tokens": "activated LoRA", "target_parameters": "LoRA on raw parameters",
     "fan_in_fan_out": "fan_in_fan_out weights", "use_qalora": "QALoRA", "use_bdlora": "BD-LoRA",
@@ -51,10 +55,13 @@ class LoraWeights:
     rank: int
     scale: float
     tensors: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]
+    modules: OwnModules = field(default_factory=OwnModules)  # its own lm_head/embed_tokens pieces, if any
 
     @property
     def parameters(self) -> int:
-        return sum(a.numel() + b.numel() for a, b in self.tensors.values())
+        lora = sum(a.numel() + b.numel() for a, b in self.tensors.values())
+        embed = self.modules.embed_a
+        return lora + (0 if embed is None else embed.numel() + self.modules.embed_b.numel())
 
 
 def read_lora(folder: Path, layers: int) -> LoraWeights | str:
@@ -67,24 +74,35 @@ def read_lora(folder: Path, layers: int) -> LoraWeights | str:
             return f"{what} is served by the reference path"
     if config.get("bias", "none") != "none":
         return f"bias='{config['bias']}' adapters are served by the reference path"
+    others = [m for m in config.get("modules_to_save") or [] if m.split(".")[-1] not in COPYABLE]
+    if others:
+        return (f"fully trained modules other than {' and '.join(COPYABLE)} ({others[0]}) "
+                "are served by the reference path")
+    state, copies = split_copies(load_file(str(Path(folder) / WEIGHTS_FILE)))
     tensors: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
-    for key, tensor in load_file(str(Path(folder) / WEIGHTS_FILE)).items():
-        match = _KEY.match(key)
+    embed_lora: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        match, embedding = _KEY.match(key), _EMBED_KEY.match(key)
+        if embedding:
+            embed_lora[embedding[1]] = tensor
+            continue
         if match is None:
             return f"weights outside the decoder's projections ({key}) are served by the reference path"
         layer, module, kind = int(match[1]), match[2], match[3]
         if layer >= layers:
             return f"{key}: layer {layer} does not exist in this base"
         tensors.setdefault((module, layer), {})[kind] = tensor
-    if not tensors or any(set(pair) != {"A", "B"} for pair in tensors.values()):
+    pairs = [*tensors.values(), *([embed_lora] if embed_lora else [])]
+    if not pairs or any(set(pair) != {"A", "B"} for pair in pairs):
         return "lora_A and lora_B do not come in pairs"
-    ranks = {pair["A"].shape[0] for pair in tensors.values()}
+    ranks = {pair["A"].shape[0] for pair in pairs}
     rank = config.get("r")
     if ranks != {rank}:  # PEFT refuses such a file; let it say so in its words
         return f"the weights' ranks {sorted(ranks)} differ from r={rank} in {CONFIG_FILE}"
     alpha = float(config.get("lora_alpha") or rank)
     scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-    return LoraWeights(rank, scale, {k: (p["A"], p["B"]) for k, p in tensors.items()})
+    return LoraWeights(rank, scale, {k: (p["A"], p["B"]) for k, p in tensors.items()},
+                       own_modules(copies, embed_lora, scale))
 
 
 class LoraStacks:
@@ -98,6 +116,7 @@ class LoraStacks:
         self.a: dict[str, torch.Tensor] = {}
         self.b: dict[str, torch.Tensor] = {}
         self.used: dict[int, str] = {}  # slot -> adapter name (slot 0, the base, is never listed)
+        self.modules: dict[int, OwnModules] = {}  # slot -> its adapter's own lm_head/embed_tokens pieces
         if fixed:  # every group up front, so captured graphs see every stack at a fixed address
             for group in shapes:
                 self._allocate(group)
@@ -132,6 +151,8 @@ class LoraStacks:
                 self.a[group][layer, slot, cols:cols + rank] = a.to(self.dtype)
                 scaled = (b * weights.scale).to(self.dtype)  # the scaling folded into B once, not per step
                 self.b[group][layer, rows:rows + b.shape[0], slot, cols:cols + rank] = scaled
+        if weights.modules:
+            self.modules[slot] = weights.modules.to(self.dtype, self.device)
         self.used[slot] = name
         return slot
 
@@ -141,6 +162,7 @@ class LoraStacks:
             for group in self.a:
                 self.a[group][:, slot].zero_()
                 self.b[group][:, :, slot].zero_()
+        self.modules.pop(slot, None)  # a head copy is vocab x hidden: freed with its slot
         self.used.pop(slot, None)
 
     def _grow(self, weights: LoraWeights) -> None:

@@ -21,12 +21,13 @@ import torch
 
 from kernel.errors import ArenaError
 
-from ..backend import BASE_ROW
+from ..backend import BASE_ROW, top_tokens
 from ..streaming import RowText, StreamEvent
 from .jobs import Call, Job
 from .kv_cache import KVCache
 from .llama import Batch, LlamaForward
 from .lora import LoraBatch, LoraStacks, LoraWeights
+from .own_modules import ModuleRows
 from .sampler import RowSampler, pick_tokens
 
 log = logging.getLogger(__name__)
@@ -215,9 +216,13 @@ class Scheduler:
         now = time.perf_counter()
         row = 0
         for job, count, targets in uses:
-            if job.row is None:
+            # A chunk cut short by a shorter job's width may hold none of a scoring job's continuation.
+            if job.row is None and count:
                 picked = torch.log_softmax(logits[row:row + count].float(), dim=-1)
-                job.logprob += float(picked[torch.arange(count), torch.tensor(targets, device=self.device)].sum())
+                values = picked[torch.arange(count), torch.tensor(targets, dtype=torch.long, device=self.device)]
+                job.logprob += float(values.sum())
+                if job.top >= 0:
+                    job.token_scores += zip(values.tolist(), top_tokens(picked, job.top))
             row += count
         for job, n in chosen:
             job.fed += n
@@ -228,7 +233,6 @@ class Scheduler:
                 self._take(job, token, now)
         for job, _ in chosen:
             if job.row is None and job.prefilled:
-                job.call.scores[job.score_index] = job.logprob
                 self._end(job, "")
 
     def _chunk_batch(self, chosen: list[tuple[Job, int]], width: int):
@@ -253,11 +257,12 @@ class Scheduler:
             uses.append((job, max(0, last - first), tokens[first + 1:last + 1]))
         fresh = all(job.fed == 0 for job, _ in chosen)
         slots = [job.slot for job, _ in chosen]
+        adapters = [job.adapter_slot for job, _ in chosen]
         batch = Batch(
             ids=self._tensor(ids), positions=self._tensor(positions), slots=self._tensor(slots),
             kv_len=width if fresh else max(job.fed + n for job, n in chosen),
             write_slots=self._tensor(w_slots), write_positions=self._tensor(w_pos), write_rows=self._tensor(w_rows),
-            fresh=fresh, lora=self._lora([job.adapter_slot for job, _ in chosen]),
+            fresh=fresh, lora=self._lora(adapters), modules=self._own_modules(adapters),
         )
         return batch, self._tensor(keep), uses
 
@@ -274,14 +279,15 @@ class Scheduler:
             w_slots[job.slot], w_pos[job.slot], adapters[job.slot] = job.slot, job.position, job.adapter_slot
         kv_len = max(positions) + 1
         logits = None
-        if self.graphs is not None:
+        modules = self._own_modules(adapters)
+        if self.graphs is not None and modules is None:  # captured graphs know only the base's modules
             logits = self.graphs.decode(rows, kv_len, ids, positions, w_slots, w_pos, adapters)
         if logits is None:
             batch = Batch(
                 ids=self._tensor(ids).view(rows, 1), positions=self._tensor(positions).view(rows, 1),
                 slots=self._tensor(list(range(rows))), kv_len=kv_len, write_slots=self._tensor(w_slots),
                 write_positions=self._tensor(w_pos), write_rows=self._tensor(list(range(rows))), prefix=True,
-                lora=self._lora([job.adapter_slot for job in jobs], adapters),
+                lora=self._lora([job.adapter_slot for job in jobs], adapters), modules=modules,
                 # Rows answering in step (a single stream, Compare columns of one prompt) need no mask; a
                 # free slot riding along then reads its own stale keys, and its output is never used.
                 unmasked=all(job.position == kv_len - 1 for job in jobs),
@@ -299,6 +305,10 @@ class Scheduler:
         if distinct == {0}:
             return None
         return LoraBatch(self.stacks, self._tensor(per_row if per_row is not None else used), distinct)
+
+    def _own_modules(self, per_row: list[int]) -> ModuleRows | None:
+        """None unless some row's adapter brings its own lm_head/embed_tokens."""
+        return ModuleRows.of(self.stacks.modules, per_row, self.device) if self.stacks.modules else None
 
     # ----- tokens out, jobs out ---------------------------------------------------------------
 
