@@ -195,13 +195,14 @@ def serve(args: argparse.Namespace) -> None:
         args.backend = "hf"
         log.info("ZeroGPU: serving with the reference backend (a GPU is lent per call)")
     engine = Engine.load(engine_config_from_args(args))
+    # A store the page cannot open stops it here, before "serving" is logged.
+    ctx = make_context(engine, settings) if settings.ui else None
     log.info("serving %s with %d adapters (%s backend) on http://%s:%d (API at /v1)", engine.base_name,
              len(engine.variants()) - 1, engine.backend.name, settings.host, settings.port)
     warn_if_open(settings)
-    if not settings.ui:
+    if ctx is None:
         serve_api_only(engine, settings)
         return
-    ctx = make_context(engine, settings)  # a store it cannot open stops it here, before "serving"
     launch(ctx)
 
 
