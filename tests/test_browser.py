@@ -40,7 +40,7 @@ def test_compare_fills_every_column(page):
     page.fill("#compare-message textarea", "What is the capital of France?")
     page.click("#compare-send")
     wait_for_answers(page, ["compare-chat-0", "compare-chat-1"])
-    page.wait_for_function("() => document.querySelector('#compare-stats-1').innerText.includes('tok/s')", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#compare-stats-1')?.innerText.includes('tok/s')", timeout=60_000)
     assert "Paris" in bot_texts(page, "compare-chat-0")[0]
     assert bot_texts(page, "compare-chat-1")[0].strip()
     SCREENSHOTS.mkdir(exist_ok=True)
@@ -57,13 +57,13 @@ def test_arena_reveals_names_after_the_vote(page):
     assert "pirate" not in page.inner_text("#arena-reveal")
     page.wait_for_selector("#arena-vote-a:not([disabled])")
     page.click("#arena-vote-a")
-    page.wait_for_function("() => document.querySelector('#arena-reveal').innerText.includes('Model A was')")
+    page.wait_for_function("() => document.querySelector('#arena-reveal')?.innerText.includes('Model A was')")
     reveal = page.inner_text("#arena-reveal")
     assert "pirate" in reveal and "base" in reveal
     assert store.count() == before + 1 and store.all()[-1].mode == "arena"
     # After the reveal each answer can be rated 1-5, stored under its now-known variant.
     page.locator("#arena-rate-b").get_by_label("4").check()
-    page.wait_for_function("() => document.querySelector('#arena-rate-b').innerText.includes('saved: 4 of 5')",
+    page.wait_for_function("() => document.querySelector('#arena-rate-b')?.innerText.includes('saved: 4 of 5')",
                            timeout=30_000)
     rating = page.ctx.ratings.all()[-1]
     assert (rating.mode, rating.score) == ("arena", 4) and rating.variant in reveal
@@ -76,7 +76,7 @@ def test_search_offline_shows_notice_and_answers_still_come(page):
     page.fill("#compare-message textarea", "Who won the last football world cup?")
     count = len(bot_texts(page, "compare-chat-0")) + 1  # runs alone or after other Compare tests
     page.click("#compare-send")
-    page.wait_for_function("() => /Web search (failed|timed out)/.test(document.querySelector('#compare-sources').innerText)",
+    page.wait_for_function("() => /Web search (failed|timed out)/.test(document.querySelector('#compare-sources')?.innerText)",
                            timeout=30_000)
     wait_for_answers(page, ["compare-chat-0", "compare-chat-1"], count=count)
     page.screenshot(path=str(SCREENSHOTS / "compare-search-offline.png"), full_page=True)
@@ -91,20 +91,20 @@ def test_training_tab_trains_then_compares(page):
     epochs.fill("1")
     epochs.press("Tab")
     page.click("#train-start")
-    page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('ahoy-browser')",
+    page.wait_for_function("() => document.querySelector('#train-status')?.innerText.includes('ahoy-browser')",
                            timeout=30_000)
     # The curve gets points while the job runs, then the job succeeds.
-    page.wait_for_function("() => /running|succeeded/.test(document.querySelector('#train-status').innerText)",
+    page.wait_for_function("() => /running|succeeded/.test(document.querySelector('#train-status')?.innerText)",
                            timeout=120_000)
-    page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('succeeded')",
+    page.wait_for_function("() => document.querySelector('#train-status')?.innerText.includes('succeeded')",
                            timeout=300_000)
     assert page.locator("#train-curves img, #train-curves canvas, #train-curves svg").count() > 0
     assert "ETA" not in page.inner_text("#train-status")  # an ended job has no time left to estimate
     page.screenshot(path=str(SCREENSHOTS / "training.png"), full_page=True)
     page.reload()  # the tab, the job, its command and chart come back
-    page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('ahoy-browser')",
+    page.wait_for_function("() => document.querySelector('#train-status')?.innerText.includes('ahoy-browser')",
                            timeout=30_000)
-    page.wait_for_function("() => document.querySelector('#train-command').innerText.includes('accelerate launch')",
+    page.wait_for_function("() => document.querySelector('#train-command')?.innerText.includes('accelerate launch')",
                            timeout=30_000)
     page.click("#train-compare")
     page.wait_for_function("() => document.querySelector('#compare-variant-1 input').value === 'ahoy-browser'",
@@ -127,7 +127,7 @@ def test_evaluate_tab_shows_the_report(page):
     limit.press("Tab")
     page.locator("#eval-stages input").check()  # base then pirate, read as two stages of one fine-tune
     page.click("#eval-run")
-    page.wait_for_function("() => document.querySelector('#eval-report').innerText.includes('Score per category')",
+    page.wait_for_function("() => document.querySelector('#eval-report')?.innerText.includes('Score per category')",
                            timeout=180_000)
     report = page.inner_text("#eval-report")
     assert "base" in report and "math" in report
@@ -151,7 +151,7 @@ def test_votes_train_an_adapter_that_then_battles_its_parent(page):
         wait_for_answers(page, ["arena-chat-a", "arena-chat-b"])
         page.wait_for_selector(f"#arena-vote-{side}:not([disabled])")
         page.click(f"#arena-vote-{side}")
-        page.wait_for_function("() => document.querySelector('#arena-reveal').innerText.includes('Model A was')")
+        page.wait_for_function("() => document.querySelector('#arena-reveal')?.innerText.includes('Model A was')")
     assert store.count() >= 2
 
     page.get_by_role("tab", name="Leaderboard").click()
@@ -160,7 +160,7 @@ def test_votes_train_an_adapter_that_then_battles_its_parent(page):
     page.get_by_role("option", name="pirate", exact=True).click()
     page.fill("#votes-name textarea", "pirate-dpo")
     page.click("#votes-train")
-    page.wait_for_function("() => document.querySelector('#votes-train-status').innerText.includes('queued')",
+    page.wait_for_function("() => document.querySelector('#votes-train-status')?.innerText.includes('queued')",
                            timeout=60_000)
     status = page.inner_text("#votes-train-status")
     assert "on top of pirate" in status and "pirate-dpo vs pirate" in status
@@ -183,7 +183,7 @@ def test_votes_train_an_adapter_that_then_battles_its_parent(page):
     wait_for_answers(page, ["arena-chat-a", "arena-chat-b"])
     page.wait_for_selector("#arena-vote-tie:not([disabled])")
     page.click("#arena-vote-tie")
-    page.wait_for_function("() => document.querySelector('#arena-reveal').innerText.includes('Model A was')")
+    page.wait_for_function("() => document.querySelector('#arena-reveal')?.innerText.includes('Model A was')")
     reveal = page.inner_text("#arena-reveal")
     assert "pirate-dpo" in reveal and {store.all()[-1].variant_a, store.all()[-1].variant_b} == {"pirate", "pirate-dpo"}
     page.screenshot(path=str(SCREENSHOTS / "arena-child-vs-parent.png"), full_page=True)
@@ -222,17 +222,17 @@ def test_a_suite_full_of_markup_shows_as_text_and_runs_no_script(launch_app, bro
     page.wait_for_function("() => document.querySelector('#eval-suite input').value.endsWith('xss.jsonl')",
                            timeout=30_000)
     page.click("#eval-run")
-    page.wait_for_function("() => document.querySelector('#eval-report').innerText.includes('Score per category')",
+    page.wait_for_function("() => document.querySelector('#eval-report')?.innerText.includes('Score per category')",
                            timeout=180_000)
     page.locator("#eval-report summary").click()  # open the per-case table, where the prompts are
     page.wait_for_timeout(1000)  # an onerror fires as soon as the broken image is in the page
     assert dialogs == [], "the report ran a script from the suite"
     assert XSS in page.inner_text("#eval-report")  # shown, as text
     page.get_by_role("tab", name="Leaderboard").click()
-    page.wait_for_function("() => document.querySelector('#leaderboard-table').innerText.includes('onerror')",
+    page.wait_for_function("() => document.querySelector('#leaderboard-table')?.innerText.includes('onerror')",
                            timeout=30_000)
     page.get_by_role("tab", name="Models").click()
-    page.wait_for_function("() => document.querySelector('#models-table').innerText.includes('onerror')",
+    page.wait_for_function("() => document.querySelector('#models-table')?.innerText.includes('onerror')",
                            timeout=30_000)
     page.wait_for_timeout(1000)
     page.screenshot(path=str(SCREENSHOTS / "xss.png"), full_page=True)
