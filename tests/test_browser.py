@@ -117,7 +117,7 @@ def test_training_tab_trains_then_compares(page):
     # Back on Training, the new adapter can be the start of a next stage.
     page.get_by_role("tab", name="Training").click()
     page.click("#train-init-adapter input")
-    page.get_by_role("option", name="ahoy-browser").wait_for(timeout=10_000)
+    page.get_by_role("option", name="ahoy-browser", exact=True).wait_for(timeout=10_000)
 
 
 def test_evaluate_tab_shows_the_report(page):
@@ -176,7 +176,7 @@ def test_votes_train_an_adapter_that_then_battles_its_parent(page):
 
     page.get_by_role("tab", name="Arena").click()
     page.click("#arena-matchup input")
-    page.get_by_role("option", name="pirate-dpo vs pirate (its parent)").click()
+    page.get_by_role("option", name="pirate-dpo vs pirate (its parent)", exact=True).click()
     page.click("#arena-new")
     page.fill("#arena-message textarea", "Name a ship.")
     page.click("#arena-send")
