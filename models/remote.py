@@ -46,6 +46,7 @@ class RemoteBase:
     dtype: str = "remote"
     quantization: str | None = None
     parameters: int = 0
+    saved_bytes: int = 0  # what quantisation saved here: nothing, no weights are here
     load_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -148,16 +149,17 @@ class RemoteBackend:
         texts = {row.index: "" for row in rows}
         try:
             while True:
+                # Checked before every event, not only when none is waiting: a fast server keeps the queue full.
+                if cancel is not None and cancel.is_set():
+                    future.cancel()
+                    for row in rows:
+                        if row.index not in finished:
+                            yield StreamEvent(row.index, row.variant, "", texts[row.index], done=True,
+                                              stats=GenerationStats(finish_reason="cancelled"))
+                    return
                 try:
                     event = events.get(timeout=0.05)
                 except queue.Empty:
-                    if cancel is not None and cancel.is_set():
-                        future.cancel()
-                        for row in rows:
-                            if row.index not in finished:
-                                yield StreamEvent(row.index, row.variant, "", texts[row.index], done=True,
-                                                  stats=GenerationStats(finish_reason="cancelled"))
-                        return
                     continue
                 if event is None:
                     return
