@@ -103,11 +103,20 @@ def test_same_name_is_refused_unless_replace(engine, a1, tmp_path):
 def test_refused_replacement_keeps_the_old_adapter(engine, a1, tmp_path):
     files = [a1 / "adapter_config.json", a1 / "adapter_model.safetensors"]
     install_adapter(engine, "keep", files)
-    bad = make_zip(tmp_path / "bad.zip", {"adapter_config.json": edited_config(a1, base_model_name_or_path=OTHER_BASE),
+    bad = make_zip(tmp_path / "bad.zip", {"adapter_config.json": edited_config(a1, peft_type="IA3"),
                                           "adapter_model.safetensors": a1 / "adapter_model.safetensors"})
-    with pytest.raises(ArenaError, match="made for base"):
+    with pytest.raises(ArenaError, match="only LORA adapters"):
         install_adapter(engine, "keep", [bad], replace=True)
     assert "keep" in engine.variants()
+
+
+def test_an_upload_named_for_another_base_whose_weights_fit_is_served_with_a_warning(engine, a1, tmp_path):
+    """The weights decide, not the name (an adapter trained on a renamed or quantised copy must load)."""
+    upload = make_zip(tmp_path / "other.zip", {"adapter_config.json": edited_config(a1, base_model_name_or_path=OTHER_BASE),
+                                               "adapter_model.safetensors": a1 / "adapter_model.safetensors"})
+    info = install_adapter(engine, "other-named", [upload])
+    assert info.status == "loaded" and "other-named" in engine.variants()
+    assert OTHER_BASE in info.fit_warning + info.fit_note
 
 
 # ----- uploads that are refused ----------------------------------------------------------------
@@ -142,9 +151,6 @@ REFUSED_ZIPS = {
     "symlink": (_symlink_zip, r"entry 'evil-link' is a symbolic link"),
     "bomb": (_bomb_zip, r"would unpack to 20\.0 MB, more than the limit of 1\.0 MB"),
     "truncated": (_truncated_zip, r"^adapter refused: adapter_model\.safetensors is truncated"),
-    "other-base": (lambda p, a1: make_zip(p, {"adapter_config.json": edited_config(a1, base_model_name_or_path=OTHER_BASE),
-                                              "adapter_model.safetensors": a1 / "adapter_model.safetensors"}),
-                   r"made for base 'meta-llama/Llama-3\.2-1B-Instruct'"),
     "not-lora": (lambda p, a1: make_zip(p, {"adapter_config.json": edited_config(a1, peft_type="IA3"),
                                             "adapter_model.safetensors": a1 / "adapter_model.safetensors"}),
                  r"only LORA adapters"),
