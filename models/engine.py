@@ -11,7 +11,6 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -21,15 +20,17 @@ from kernel.config import ArenaError, EngineConfig, SamplingParams
 
 from . import adapters as registry
 from . import discovery, fit
-from .adapters import WEIGHTS_FILE, AdapterInfo, check_compatible
+from .adapters import WEIGHTS_FILE, AdapterInfo
 from .backend import BASE_ROW, Backend, Row, ScoreRow, forced_dtype
 from .base import load_base
-from .device_queue import Cancelled
 from .batched.backend import load_batched
+from .compatibility import check_compatible
+from .device_queue import Cancelled
 from .hf_backend import HFBackend
 from .prompts import build_prompt_ids, normalize_messages
 from .quantization import describe
-from .streaming import GenerationStats, StreamEvent
+from .requests import Answer, ChatRequest, Continuation, ScoreRequest, TokenLogprob  # noqa: F401 - re-exported
+from .streaming import StreamEvent
 
 log = logging.getLogger(__name__)
 BASE = "base"
@@ -49,46 +50,6 @@ def make_backend(config: EngineConfig) -> Backend:
         return load_batched(config)
     return HFBackend(load_base(config.base, config.paths.models, config.device, config.quantization,
                                dtype=forced_dtype(config.dtype)))
-
-
-@dataclass
-class ChatRequest:
-    variant: str
-    messages: list[dict] | str
-    system: str | None = None
-    params: SamplingParams = field(default_factory=SamplingParams)
-    prompt_ids: list[int] | None = None  # raw prompt tokens, no chat template (the API's /v1/completions)
-
-
-@dataclass
-class Continuation:
-    text: str
-    logprob: float  # sum over the continuation's tokens
-    tokens: int
-
-
-@dataclass
-class ScoreRequest:
-    """One continuation to score: its log-probability as `variant`'s answer after `messages`."""
-
-    variant: str
-    messages: list[dict] | str
-    continuation: str
-    system: str | None = None
-
-
-@dataclass
-class TokenLogprob:
-    token: int
-    logprob: float
-    top: list[tuple[int, float]]  # the likeliest tokens at this position, most likely first
-
-
-@dataclass
-class Answer:
-    variant: str
-    text: str
-    stats: GenerationStats
 
 
 class Engine:

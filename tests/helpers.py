@@ -97,6 +97,11 @@ def final_events(engine, requests) -> list:
     return [done[i] for i in range(len(requests))]
 
 
+def tokens_alone(engine, request) -> list[int]:
+    """The answer's token ids of `request` sent by itself: what it must equal in any batch."""
+    return final_events(engine, [request])[0].token_ids
+
+
 def join_mid_answer(engine, first, later, before: int = 5) -> tuple[list, list[list[int]]]:
     """Stream `first`; after its first `before` events, send each `later` request alone from its own thread,
     so they join its batch mid-answer. Returns first's events and the later answers' token ids, in order."""

@@ -12,7 +12,7 @@ import pytest
 
 from models import ChatRequest, Engine, EngineConfig, SamplingParams
 from models.backend import BASE_ROW, ScoreRow
-from tests.helpers import final_events, join_mid_answer, wait_for
+from tests.helpers import final_events, join_mid_answer, tokens_alone, wait_for
 
 PROMPTS = ["Hello there", "Tell me a story about the sea.", "What is 2 + 2?", "Name three colors."]
 GREEDY = SamplingParams(max_new_tokens=16)
@@ -38,22 +38,19 @@ def batched(tmp_path_factory, tiny_model_path, tiny_adapters):
     engine.close()
 
 
-def alone(engine: Engine, request: ChatRequest) -> list[int]:
-    return final_events(engine, [request])[0].token_ids
-
-
 def test_each_variant_alone_gives_the_reference_tokens(reference, batched):
     for variant in ["base", "a1", "a2", "a3", "dora1"]:
         request = ChatRequest(variant, PROMPTS[1], params=GREEDY)
-        assert alone(batched, request) == alone(reference, request), variant
-    assert len({tuple(alone(batched, ChatRequest(v, PROMPTS[1], params=GREEDY))) for v in ["base", "a1", "a2"]}) == 3
+        assert tokens_alone(batched, request) == tokens_alone(reference, request), variant
+    answers = {tuple(tokens_alone(batched, ChatRequest(v, PROMPTS[1], params=GREEDY))) for v in ["base", "a1", "a2"]}
+    assert len(answers) == 3
 
 
 def test_a_mixed_batch_gives_each_row_its_reference_tokens(reference, batched):
     requests = [ChatRequest(v, p, params=GREEDY) for v, p in
                 zip(["base", "a1", "a2", "a3", "base", "a1", "dora1"], PROMPTS * 2)]
     together = final_events(batched, requests)
-    assert [e.token_ids for e in together] == [alone(reference, r) for r in requests]
+    assert [e.token_ids for e in together] == [tokens_alone(reference, r) for r in requests]
     assert [e.variant for e in together] == [r.variant for r in requests]
 
 
@@ -62,7 +59,7 @@ def test_rows_with_different_max_new_tokens_end_on_their_own(reference, batched)
     requests = [ChatRequest(v, PROMPTS[0], params=SamplingParams(max_new_tokens=n))
                 for v, n in zip(["a1", "base", "a2"], lengths)]
     together = final_events(batched, requests)
-    assert [e.token_ids for e in together] == [alone(reference, r) for r in requests]
+    assert [e.token_ids for e in together] == [tokens_alone(reference, r) for r in requests]
     assert [e.stats.new_tokens for e in together] == lengths
     assert {e.stats.finish_reason for e in together} == {"length"}
 
@@ -72,8 +69,8 @@ def test_rows_that_join_mid_answer_give_the_reference_tokens(reference, batched)
     later = [ChatRequest("a2", PROMPTS[2], params=GREEDY), ChatRequest("base", PROMPTS[3], params=GREEDY)]
     events, answers = join_mid_answer(batched, first, later, before=5)
     assert not events[4].done and events[-1].done  # the first row was mid-answer when the others joined
-    assert events[-1].token_ids == alone(reference, first)
-    assert answers == [alone(reference, r) for r in later]
+    assert events[-1].token_ids == tokens_alone(reference, first)
+    assert answers == [tokens_alone(reference, r) for r in later]
 
 
 def test_log_likelihoods_equal_the_reference(reference, batched):
@@ -107,7 +104,7 @@ def test_scoring_rows_of_different_lengths_in_one_prefill_turn(reference, batche
 
 def test_a_seeded_row_samples_the_same_whoever_shares_its_batch(batched):
     mine = ChatRequest("a1", PROMPTS[0], params=SAMPLED)
-    by_itself = alone(batched, mine)
+    by_itself = tokens_alone(batched, mine)
     crowd = [ChatRequest("base", PROMPTS[1], params=GREEDY), mine,
              ChatRequest("a2", PROMPTS[2], params=SamplingParams(max_new_tokens=12, temperature=1.2, seed=9)),
              ChatRequest("a1", PROMPTS[0], params=SamplingParams(max_new_tokens=12, temperature=0.9, seed=6))]
@@ -141,5 +138,5 @@ def test_loading_and_unloading_never_stops_an_answer(reference, batched, tiny_ad
         shutil.rmtree(extra / "late")
         batched.rescan()
         batched.load_adapter("a1")
-    assert rest[-1].done and rest[-1].token_ids == alone(reference, long)
+    assert rest[-1].done and rest[-1].token_ids == tokens_alone(reference, long)
     wait_for(lambda: batched.info()["adapters_in_memory"] == 4, 5, "the unloaded adapters' slots to be freed")

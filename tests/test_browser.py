@@ -26,6 +26,16 @@ def bot_texts(page, chat_id: str) -> list[str]:
     return page.locator(f"#{chat_id} [data-testid='bot']").all_inner_texts()
 
 
+def choose(page, dropdown: str, name: str) -> None:
+    """Pick a dropdown's option by its exact name. Gradio selects on the option's mousedown; dispatching it
+    directly keeps a list that opened partly below the window (the Leaderboard's form sits low) from
+    failing the click as "outside of the viewport"."""
+    page.click(f"{dropdown} input")
+    option = page.get_by_role("option", name=name, exact=True)
+    option.wait_for(timeout=10_000)
+    option.dispatch_event("mousedown")
+
+
 def wait_for_answers(page, chat_ids: list[str], count: int = 1, timeout: float = 90_000) -> None:
     selectors = " && ".join(
         f"document.querySelectorAll('#{c} [data-testid=\"bot\"]').length >= {count} && "
@@ -156,8 +166,7 @@ def test_votes_train_an_adapter_that_then_battles_its_parent(page):
 
     page.get_by_role("tab", name="Leaderboard").click()
     page.get_by_text("Train on these votes (DPO)").click()
-    page.click("#votes-parent input")
-    page.get_by_role("option", name="pirate", exact=True).click()
+    choose(page, "#votes-parent", "pirate")
     page.fill("#votes-name textarea", "pirate-dpo")
     page.click("#votes-train")
     page.wait_for_function("() => document.querySelector('#votes-train-status')?.innerText.includes('queued')",
@@ -175,8 +184,7 @@ def test_votes_train_an_adapter_that_then_battles_its_parent(page):
     wait_for(lambda: "pirate-dpo" in page.ctx.engine.variants(), 60, "the app to serve pirate-dpo")
 
     page.get_by_role("tab", name="Arena").click()
-    page.click("#arena-matchup input")
-    page.get_by_role("option", name="pirate-dpo vs pirate (its parent)", exact=True).click()
+    choose(page, "#arena-matchup", "pirate-dpo vs pirate (its parent)")
     page.click("#arena-new")
     page.fill("#arena-message textarea", "Name a ship.")
     page.click("#arena-send")

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models import ChatRequest, Engine, EngineConfig, SamplingParams
-from tests.helpers import final_events, in_process, join_mid_answer, make_peft_adapter, wait_for
+from tests.helpers import final_events, in_process, join_mid_answer, make_peft_adapter, tokens_alone, wait_for
 
 GREEDY = SamplingParams(max_new_tokens=8)
 PROMPT = "Tell me a story about the sea."
@@ -56,14 +56,10 @@ def reference(tmp_path_factory, tiny_model_path, whole_adapters):
     engine.close()
 
 
-def by_itself(engine: Engine, request: ChatRequest) -> list[int]:
-    return final_events(engine, [request])[0].token_ids
-
-
 @pytest.fixture(scope="module")
 def alone(reference):
     """Each variant answering by itself on the reference backend: what every column must equal."""
-    return {v: by_itself(reference, ChatRequest(v, PROMPT, params=GREEDY)) for v in VARIANTS}
+    return {v: tokens_alone(reference, ChatRequest(v, PROMPT, params=GREEDY)) for v in VARIANTS}
 
 
 def batched_only(engine: Engine) -> None:
@@ -132,8 +128,8 @@ def test_rows_joining_mid_answer_keep_their_own_modules(engine, reference):
              [("mts", "Hi"), ("base", "What is 2 + 2?"), ("embed", "Name three colors, please."), ("alllin", "Hi")]]
     events, answers = join_mid_answer(engine, first, later, before=3)
     assert not events[2].done and events[-1].done  # rows of other adapters and prompt lengths joined mid-answer
-    assert events[-1].token_ids == by_itself(reference, first)
-    assert answers == [by_itself(reference, r) for r in later]
+    assert events[-1].token_ids == tokens_alone(reference, first)
+    assert answers == [tokens_alone(reference, r) for r in later]
 
 
 def test_log_likelihoods_use_each_adapters_own_modules(engine, reference):
@@ -159,4 +155,4 @@ def test_unloading_frees_the_adapters_own_modules(engine, alone):
         wait_for(lambda: engine.info()["adapter_modules_mb"] < held - 1.9 * head_mb, 5, "both's copies to be freed")
     finally:
         engine.load_adapter("both")
-    assert by_itself(engine, ChatRequest("both", PROMPT, params=GREEDY)) == alone["both"]
+    assert tokens_alone(engine, ChatRequest("both", PROMPT, params=GREEDY)) == alone["both"]

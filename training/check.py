@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from kernel.data_dir import DataDir
 from kernel.errors import ArenaError, first_line
-from models.adapters import targets_reason
+from models.compatibility import targets_reason
 from models.base import hub_offline, resolve_base
 
 from .config import TrainConfig

@@ -33,6 +33,7 @@ from kernel.data_dir import DataDir
 from kernel.errors import ArenaError, first_line
 from models import adapters as registry
 from models.base import LoadedBase, hub_offline, resolve_base
+from models.compatibility import check_compatible
 
 from .callbacks import ProgressCallback
 from .config import TrainConfig
@@ -115,7 +116,7 @@ def starting_adapter(cfg: TrainConfig, adapters_dir: Path, base_name: str, model
         raise ArenaError(f"init_adapter '{cfg.init_adapter}': no adapter by that name in {adapters_dir}")
     info = registry.inspect_folder(folder)
     base = LoadedBase(model, None, base_name, base_name, model.device, model.dtype, None, 0.0)
-    reason = info.reason or registry.check_compatible(info, base)
+    reason = info.reason or check_compatible(info, base)
     if reason:
         raise ArenaError(f"init_adapter '{cfg.init_adapter}': {reason}")
     return folder

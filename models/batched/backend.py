@@ -13,7 +13,6 @@ import logging
 import threading
 from typing import Iterator
 
-import torch
 from transformers import AutoConfig
 
 from kernel.config import ArenaError, EngineConfig
