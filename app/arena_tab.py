@@ -135,7 +135,9 @@ class ArenaTab:
         new_battle = not data[self.pair]
         if not new_battle:
             self.ctx.ballots.check_going_on(session, "arena")
-        pair = data[self.pair] or draw_pair(self.ctx.engine.variants(), self.rng, data[self.matchup])
+        # Random battles are between finished models: a run's checkpoints would crowd them out (and a matchup
+        # names loaded adapters only).
+        pair = data[self.pair] or draw_pair(self.ctx.engine.variants(checkpoints=False), self.rng, data[self.matchup])
         params = self.sampling.params(data)
         self.ctx.check_request_size(2, [params])
         columns = [Column(pair[0], list(data[self.histories][0]), params),

@@ -19,6 +19,7 @@ from training.cost import cost_frame, job_cards
 from training.job_store import FINAL
 from training.jobs import shell_command
 from training.loss_chart import loss_figure
+from training.preference import drift_warning
 from training.resources import check_device_memory
 
 from .access import Need, needs
@@ -248,6 +249,9 @@ class TrainingTab:
                 parts.append(f"ETA {eta:.0f} s" if eta is not None else "ETA …")
             parts += [f"{progress.get('tokens_per_second') or 0:.0f} tokens/s", f"{progress.get('memory_mb', 0):.0f} MB"]
         text = " · ".join(parts + preference_status(metrics))
+        drift = drift_warning(metrics, job.config.get("objective", "sft"), float(job.config.get("beta") or 0))
+        if drift:
+            text += f"\n\n**Warning:** {drift}."
         if job.error:
             text += f"\n\n**Error:** {job.error}"
         for m in metrics:

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.bench_engine import write_json  # noqa: E402
 from kernel.config import resolve_data_dir  # noqa: E402
+from kernel.files import atomic_write_text  # noqa: E402
 from models.base import resolve_base  # noqa: E402
 from training.config import QUICK_CPU_DEMO, TrainConfig  # noqa: E402  the preset the README's walkthrough uses
 from training.cost import cost_markdown, read_card  # noqa: E402
@@ -120,7 +121,7 @@ def main() -> None:
             f"another; load average {load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end.\n\n{table}\n")
     out = args.output or REPO / "bench" / "results" / f"cost-{device}-smollm2-135m-instruct.json"
     write_json(out, {"meta": meta, "cards": cards, "scores": scores})
-    out.with_suffix(".md").write_text(text, encoding="utf-8")
+    atomic_write_text(out.with_suffix(".md"), text)
     print(text)
     print(f"JSON: {out}")
 

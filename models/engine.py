@@ -79,9 +79,11 @@ class Engine:
         with self._lock:
             return list(self._adapters.values())
 
-    def variants(self) -> list[str]:
-        """What can answer now: the base, every loaded adapter and every checkpoint (loaded on first use)."""
-        return [BASE] + [a.name for a in self.adapters() if a.status == "loaded" or a.lazy and a.status == "available"]
+    def variants(self, checkpoints: bool = True) -> list[str]:
+        """What can answer now: the base, every loaded adapter and every checkpoint (loaded on first use);
+        checkpoints=False leaves the checkpoints out (the Arena's random battles are between finished models)."""
+        servable = [a for a in self.adapters() if a.status == "loaded" or a.lazy and a.status == "available"]
+        return [BASE] + [a.name for a in servable if checkpoints or not a.lazy]
 
     def variant_choices(self) -> list[tuple[str, str]]:
         """(label, variant) for dropdowns: a checkpoint's label shows its step, epoch and losses."""

@@ -106,6 +106,20 @@ def test_checkpoints_load_on_first_use_and_unload_least_recently_used(layout, mo
     assert by_name(layout)["output@10"].status == "available"
 
 
+def test_random_arena_battles_are_between_finished_models_never_checkpoints(layout):
+    import random
+
+    from app.arena_tab import draw_pair
+
+    layout.generate("output@10", "Hi", params=GREEDY)  # a checkpoint used once stays loaded for a while
+    assert by_name(layout)["output@10"].status == "loaded"
+    finished = layout.variants(checkpoints=False)
+    assert "output" in finished and not [v for v in finished if "@" in v]
+    rng = random.Random(0)
+    drawn = {v for _ in range(300) for v in draw_pair(finished, rng)}
+    assert drawn == set(finished), "every finished model takes part"
+
+
 def test_several_checkpoints_in_one_request_are_all_kept_while_streaming(layout, monkeypatch):
     import models.engine as engine_module
 
