@@ -200,12 +200,15 @@ class CompareTab:
         """While answering the vote bar and ratings wait; once every column has answered they open."""
         histories = list(data[self.state])
         update = {self.message: "", self.note: "", self.sources: sources_md, self.vote_status: ""}
+        # Named for another model but fitting this base: served, with the warning beside its answer too.
+        warnings = {a.name: a.fit_warning for a in self.ctx.engine.adapters() if a.fit_warning}
         for button in self.vote_buttons:
             update[button] = gr.Button(interactive=answered)
         for i, column in enumerate(columns):
             histories[i] = column.history  # kept on the server with what each turn sent the model
             update[self.columns[i].chatbot] = shown_messages(column.history)
-            update[self.columns[i].stats] = stats_line(column)
+            warning = warnings.get(column.variant)
+            update[self.columns[i].stats] = stats_line(column) + (f" · warning: {warning}" if warning else "")
             update[self.columns[i].rating] = gr.Radio(value=None, interactive=answered, info=None)
         update[self.state] = histories
         return update

@@ -93,6 +93,27 @@ def test_another_named_base_is_served_with_a_warning_when_the_weights_fit(tmp_pa
         engine.close()
 
 
+def test_compare_repeats_the_warning_under_that_adapters_answer(tmp_path, tiny_model_path, tiny_adapters,
+                                                               launch_app):
+    from gradio_client import Client
+
+    from tests.app_client import call_args
+
+    shutil.copytree(tiny_adapters / "a2", tmp_path / "adapters" / "other-base")
+    _break_other_base(tmp_path / "adapters" / "other-base")
+    shutil.copytree(tiny_adapters / "a1", tmp_path / "adapters" / "a1")
+    engine = Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=tmp_path))
+    _, url = launch_app(engine)
+    client = Client(url, verbose=False)
+    args = call_args(client, "/compare_send", Message="Hi", **{"Column 1": "a1", "Column 2": "other-base",
+                                                                "Max new tokens": 4})
+    final = client.submit(*args, api_name="/compare_send").result(timeout=120)
+    stats_a1, stats_other = final[7], final[8]  # as in test_app_api.py
+    assert "tok/s" in stats_a1 and "warning" not in stats_a1
+    assert "tok/s" in stats_other and "warning: made for meta-llama/Llama-3.2-1B-Instruct (another family)" in stats_other
+    engine.close()
+
+
 def test_wrong_shapes_are_caught_before_peft(broken_setup):
     info = {a.name: a for a in broken_setup.adapters()}["wrong-shapes"]
     assert info.status == "failed" and "does not fit the base layer" in info.reason
