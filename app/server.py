@@ -15,6 +15,7 @@ from evaluation.tasks import EvalTasks
 from arena.ballots import VoteRule
 from arena.ratings import RatingStore
 from arena.votes import VoteStore
+from kernel.errors import ArenaError
 from models import Engine
 from kernel.cli import Parser, add_engine_args, engine_config_from_args, log_to_stderr, run_command
 from chat.search import WebSearch, provider_from_settings
@@ -115,11 +116,38 @@ def launch(ctx: AppContext, **kwargs) -> tuple[gr.Blocks, str]:
     if settings.auth is not None:
         auth = LoginGuard(*settings.auth, free_failures=settings.login_free_failures,
                           lockout_s=settings.login_lockout_s).check
+    # Gradio checks that the page answers with one 3 s request and, if not, stops the launch ("localhost is not
+    # accessible"): a busy 2-core machine or a cold Space can take longer. We skip that check (_frontend=False
+    # does nothing else in gradio 6.31, pinned) and wait for the page ourselves, patiently.
+    block = not kwargs.pop("prevent_thread_lock", False)  # the command line serves until interrupted
     _, url, _ = demo.launch(server_name=settings.host, server_port=settings.port, auth=auth,
                             css=CSS, theme=gr.themes.Soft(), max_file_size=f"{settings.max_upload_mb}mb",
                             footer_links=["api"], app_kwargs={"middleware": [Middleware(ClientAddress)],
-                                                         "routes": api_routes(ctx.engine, settings)}, **kwargs)
+                                                         "routes": api_routes(ctx.engine, settings)},
+                            _frontend=False, prevent_thread_lock=True, **kwargs)
+    wait_until_served(url)
+    if block:
+        demo.block_thread()
     return demo, url
+
+
+def wait_until_served(url: str, timeout_s: float = 60.0) -> None:
+    """Return once the page answers at `url`; one line naming the URL if it never does."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.head(url, timeout=10, follow_redirects=False).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise ArenaError(f"the page does not answer at {url} after {timeout_s:.0f} s: is localhost reachable "
+                             f"from here (a proxy setting)?")
+        time.sleep(0.5)
 
 
 def api_routes(engine: Engine, settings: AppSettings) -> list:

@@ -12,6 +12,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_arena_py_serves_the_page(tmp_path, default_model_path):
+    # The default model as the first start leaves it (converted once per data folder; the fixture did that).
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / default_model_path.name).symlink_to(default_model_path)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "arena.py", "--port", str(port), "--data-dir", str(tmp_path)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -106,7 +106,7 @@ def test_kto_rows_and_pairs_as_kto(tmp_path, tokenizer):
 
 # ----- validation -------------------------------------------------------------------------------
 
-def test_bad_pairs_are_reported_with_row_numbers_and_reasons(tmp_path, tokenizer):
+def test_bad_pairs_are_reported_with_row_numbers_and_reasons(tmp_path, tokenizer, default_model_path):
     good = {"prompt": "Name a colour.", "chosen": "Red.", "rejected": "I cannot say."}
     rows = [
         good,                                                                              # 1
@@ -142,7 +142,9 @@ def test_bad_pairs_are_reported_with_row_numbers_and_reasons(tmp_path, tokenizer
     truncated = load_split(config(path, max_length=128, validation_split=0), tokenizer)
     assert [e.row for e in truncated.train] == [1, 11, 12] and truncated.report.tokens.truncated == 1
     # The Check button's report: counts, lengths and every dropped row with its reason.
-    check = check_dataset(cfg, tmp_path, tokenizer=tokenizer)
+    # The base converted once for the session, not "default" again in a fresh data folder (28 s of GGUF reading).
+    check = check_dataset(config(path, max_length=128, overlong="drop", validation_split=0,
+                                 base=str(default_model_path)), tmp_path, tokenizer=tokenizer)
     assert "2 of 12 rows kept, 2 rows for training and 0 for validation (dpo)" in check.markdown
     assert "| 4 | identical: chosen and rejected are the same text: nothing to prefer |" in check.markdown
 
