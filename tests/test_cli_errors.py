@@ -1,8 +1,8 @@
 """Bad input to the three commands and the app ends in one line on stderr and an exit code, never a traceback.
 
-The cases issue 8 named run as real processes, as a user types them; the others found while
-looking for more of the same kind call the same `main` in this process, which is quicker and goes
-through the same code.
+What only a process shows runs as one, as a user types it (bytes in argv that are not UTF-8, an app
+refusing its stores at start); the rest call the same `main` in this process, which goes through the
+same code without 15 s of imports per case.
 """
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ def write(path: Path, content: str | bytes) -> Path:
 
 # ----- inference.py ------------------------------------------------------------------------------
 
-def test_system_that_is_not_text_names_the_line(tmp_path, base_args):
+def test_system_that_is_not_text_names_the_line(tmp_path, base_args, capsys):
     prompts = write(tmp_path / "p.jsonl", '{"prompt": "Hi"}\n{"prompt": "Hi", "system": 123}\n')
-    proc = run("inference.py", "--input", prompts, "--output", tmp_path / "o.jsonl", *base_args)
+    proc = in_process(inference.main, ["--input", prompts, "--output", tmp_path / "o.jsonl", *base_args], capsys)
     assert one_line_error(proc, 2) == f"error: {prompts} line 2: the system prompt must be text, not int"
 
 
@@ -51,21 +51,21 @@ def test_prompt_that_is_not_utf8(tmp_path, base_args):
     assert one_line_error(proc, 2) == "error: message 1 (user) is not valid UTF-8 text (at character 3)"
 
 
-def test_input_file_that_is_not_utf8(tmp_path, base_args):
+def test_input_file_that_is_not_utf8(tmp_path, base_args, capsys):
     prompts = write(tmp_path / "p.jsonl", b'{"prompt": "caf\xe9"}\n')
-    proc = run("inference.py", "--input", prompts, "--output", tmp_path / "o.jsonl", *base_args)
+    proc = in_process(inference.main, ["--input", prompts, "--output", tmp_path / "o.jsonl", *base_args], capsys)
     assert one_line_error(proc, 2) == f"error: {prompts}: not UTF-8 text (byte 15); save it as UTF-8"
 
 
-def test_seed_that_is_not_a_whole_number(base_args):
-    proc = run("inference.py", "Hi", "--seed", "1e25", *base_args)
+def test_seed_that_is_not_a_whole_number(base_args, capsys):
+    proc = in_process(inference.main, ["Hi", "--seed", "1e25", *base_args], capsys)
     assert one_line_error(proc, 2) == \
         "error: argument --seed: invalid int value: '1e25' (see inference.py --help)"
 
 
-def test_output_that_is_a_folder(tmp_path, base_args):
+def test_output_that_is_a_folder(tmp_path, base_args, capsys):
     prompts = write(tmp_path / "p.jsonl", '{"prompt": "Hi"}\n')
-    proc = run("inference.py", "--input", prompts, "--output", tmp_path, *base_args)
+    proc = in_process(inference.main, ["--input", prompts, "--output", tmp_path, *base_args], capsys)
     assert one_line_error(proc, 2) == f"error: --output {tmp_path} is a folder: give a file name"
 
 
