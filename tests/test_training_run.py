@@ -20,7 +20,7 @@ import torch
 
 from models import Engine, EngineConfig, SamplingParams
 from models.discovery import scan_root
-from tests.helpers import wait_for
+from tests.helpers import in_process, wait_for
 from training.config import TrainConfig
 from training.job_store import JobStore, latest_checkpoint
 from training.jobs import JobRunner
@@ -299,12 +299,17 @@ THROUGH_TRAINING = {"too-few-rows", "all-rows-invalid", "unknown-init-adapter"} 
 
 
 @pytest.mark.parametrize("case, rows, options, message", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
-def test_e_bad_input_is_one_clear_error_before_training(tmp_path, tiny_model_path, case, rows, options, message):
+def test_e_bad_input_is_one_clear_error_before_training(tmp_path, tiny_model_path, capsys, case, rows, options,
+                                                        message):
+    from training import __main__ as training_cli
+
     data = tmp_path / "data"
     dataset = AHOY if rows is None else write_rows(tmp_path / "rows.json", rows)
     options = [o.replace("{tmp}", str(tmp_path)) for o in options]
     check = [] if case in THROUGH_TRAINING else ["--check"]
-    run = train_command(data, "--dataset", dataset, "--name", "bad", "--base", tiny_model_path, *options, *check)
+    # python -m training's main() in this process: the same code as the command, without its imports each time
+    run = in_process(training_cli.main, ["--data-dir", data, "--dataset", dataset, "--name", "bad",
+                                         "--base", tiny_model_path, *options, *check], capsys)
     assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]  # kernel.cli: a user error exits 2
     last_line = run.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error:") and message in last_line, last_line
