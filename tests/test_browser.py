@@ -135,6 +135,9 @@ def test_evaluate_tab_shows_the_report(page):
     limit = page.locator("#eval-limit input")
     limit.fill("3")
     limit.press("Tab")
+    tokens = page.locator("#eval-new-tokens input[type='number']")
+    tokens.fill("32")  # the report is what this test reads, not long answers
+    tokens.press("Tab")
     page.locator("#eval-stages input").check()  # base then pirate, read as two stages of one fine-tune
     page.click("#eval-run")
     page.wait_for_function("() => document.querySelector('#eval-report')?.innerText.includes('Score per category')",
@@ -144,6 +147,7 @@ def test_evaluate_tab_shows_the_report(page):
     assert "Forgetting and recovery across the stages" in report
     assert page.locator("#eval-report img[src^='data:image/png']").count() == 1  # one chart, inside the report
     assert "done: 3/3 cases" in page.inner_text("#eval-status")
+    assert "max 32 new tokens" in report
     page.screenshot(path=str(SCREENSHOTS / "evaluate.png"), full_page=True)
 
 
