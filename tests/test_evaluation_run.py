@@ -154,7 +154,7 @@ def test_stop_keeps_no_cut_short_answer(tiny_engine, tmp_path):
     assert AnswerStore(tmp_path / "eval.sqlite").count() == 0
 
 
-def test_cli_run_on_the_starter_suite(tmp_path, tiny_model_path, tiny_adapters):
+def test_cli_run_on_the_starter_suite(tmp_path, tiny_model_path, tiny_adapters, capsys):
     report = tmp_path / "out" / "report.md"
     proc = subprocess.run([sys.executable, "-m", "evaluation", "run", "--suite", "evaluation/suites/starter.jsonl",
                            "--variants", "base,a1", "--base", str(tiny_model_path), "--adapters-dir", str(tiny_adapters),
@@ -164,9 +164,11 @@ def test_cli_run_on_the_starter_suite(tmp_path, tiny_model_path, tiny_adapters):
     assert "## Forgetting and recovery across the stages" in report.read_text()
     assert report.is_file() and report.with_suffix(".png").is_file()
     assert "Score per category" in proc.stdout
-    bad = subprocess.run([sys.executable, "-m", "evaluation", "run", "--suite", "evaluation/suites/starter.jsonl",
-                          "--variants", "base,ghost", "--base", str(tiny_model_path), "--data-dir", str(tmp_path)],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    from evaluation import __main__ as evaluation_cli
+    from tests.helpers import in_process
+
+    bad = in_process(evaluation_cli.main, ["run", "--suite", REPO / "evaluation/suites/starter.jsonl", "--variants",
+                                           "base,ghost", "--base", tiny_model_path, "--data-dir", tmp_path], capsys)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: unknown variant 'ghost'")
 
 
