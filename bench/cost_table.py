@@ -5,7 +5,7 @@ default model, trained one job after another as LoRA r=8/16/64, rsLoRA, DoRA, QL
 fine-tune, then every result scored on training/examples/ahoy_stages_suite.jsonl (20 Ahoy-style cases,
 30 factual) with `python -m evaluation run`. Every figure comes from the jobs' own cards.
 
-    python bench/cost_table.py --data-dir /tmp/cost-data     # about an hour on two idle cores
+    python bench/cost_table.py --data-dir /tmp/cost-data     # 18 min of training on two idle cores, then the scoring
     python bench/cost_table.py --data-dir /tmp/cost-data     # again: finished jobs are kept, only the table is redone
 
 Writes bench/results/cost-<device>-<model>.json and .md. The README's table is this output.
