@@ -187,21 +187,22 @@ class CompareTab:
             sources_md, sent = yield from search_step(self.ctx.search, message, data[self.search], self.sources,
                                                       self.message)
             throttle = Throttle()
+            # Named for another model but fitting this base: served, with the warning beside its answer too.
+            warnings = {a.name: a.fit_warning for a in self.ctx.engine.adapters() if a.fit_warning}
             for columns in answer_turn(self.ctx.engine, columns, message, system=data[self.system] or None,
                                        sent=sent, cancel=cancel):
                 if throttle.ready():
-                    yield self._render(columns, data, sources_md, answered=False)
+                    yield self._render(columns, data, sources_md, warnings, answered=False)
         ballot = Ballot("compare", [c.variant for c in columns], [shown_messages(c.history) for c in columns],
                         self.sampling.params(data).to_dict())  # no sources blob in the votes
         self.ctx.ballots.show(session, ballot, new=True)
-        yield self._render(columns, data, sources_md, answered=True)
+        yield self._render(columns, data, sources_md, warnings, answered=True)
 
-    def _render(self, columns: list[Column], data: dict, sources_md: str, answered: bool) -> dict:
+    def _render(self, columns: list[Column], data: dict, sources_md: str, warnings: dict[str, str],
+                answered: bool) -> dict:
         """While answering the vote bar and ratings wait; once every column has answered they open."""
         histories = list(data[self.state])
         update = {self.message: "", self.note: "", self.sources: sources_md, self.vote_status: ""}
-        # Named for another model but fitting this base: served, with the warning beside its answer too.
-        warnings = {a.name: a.fit_warning for a in self.ctx.engine.adapters() if a.fit_warning}
         for button in self.vote_buttons:
             update[button] = gr.Button(interactive=answered)
         for i, column in enumerate(columns):
