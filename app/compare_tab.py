@@ -8,6 +8,7 @@ import gradio as gr
 from arena.ballots import Ballot
 from kernel.config import SamplingParams
 from chat.turns import Column, answer_turn, check_message, drop_last_turn, shown_messages, stats_line
+from evaluation.report import plain
 
 from .access import Need, needs
 from .settings import AppContext
@@ -187,8 +188,9 @@ class CompareTab:
             sources_md, sent = yield from search_step(self.ctx.search, message, data[self.search], self.sources,
                                                       self.message)
             throttle = Throttle()
-            # Named for another model but fitting this base: served, with the warning beside its answer too.
-            warnings = {a.name: a.fit_warning for a in self.ctx.engine.adapters() if a.fit_warning}
+            # Named for another model but fitting this base: served, with the warning beside its answer too
+            # (escaped: the name comes from the adapter's own files).
+            warnings = {a.name: plain(a.fit_warning) for a in self.ctx.engine.adapters() if a.fit_warning}
             for columns in answer_turn(self.ctx.engine, columns, message, system=data[self.system] or None,
                                        sent=sent, cancel=cancel):
                 if throttle.ready():
