@@ -64,7 +64,7 @@ class EvaluateTab:
             self._runs_panel()
             self.report = gr.HTML(elem_id="eval-report")
             self.files = gr.File(label="Download", file_count="multiple", interactive=False)
-            self.shown = gr.State(None)  # [run, status] the report on the page belongs to
+            self.shown = gr.State(None)  # [run, status, run ids in the pick] the page shows
             self.timer = gr.Timer(1.5, active=not public)
         self._wire()
         return self.tab
@@ -170,17 +170,24 @@ class EvaluateTab:
     @needs(Need.OPERATOR, EVALUATION)
     def _watch(self, run_id, shown):
         """The list, and the picked run (after a reload: the running one, else the newest); its report and
-        files are sent again only when the run or its status changed."""
+        files are sent again only when the run or its status changed.
+
+        The pick itself is left alone once it names a run: a tick that read the pick just before Run or
+        Generate set it would otherwise put the older run back (seen in CI: the status then never showed the
+        new run). Its choices are sent only when the list of runs changed."""
         runs = self.ctx.evals.runs()
         table = pd.DataFrame([self._row(r) for r in runs], columns=RUN_COLUMNS)
+        ids = [r.id for r in runs]
         record = next((r for r in runs if r.id == run_id), None)
-        if record is None:
+        if record is not None:
+            pick = gr.skip() if shown and shown[2] == ids else gr.Dropdown(choices=ids)
+        else:
             record = next((r for r in runs if r.status == "running"), runs[0] if runs else None)
-        if record is None:
-            return table, gr.Dropdown(choices=[], value=None), "No runs yet.", gr.skip(), gr.skip(), None
-        pick = gr.Dropdown(choices=[r.id for r in runs], value=record.id)
-        key = [record.id, record.status]
-        if shown == key:
+            if record is None:
+                return table, gr.Dropdown(choices=[], value=None), "No runs yet.", gr.skip(), gr.skip(), None
+            pick = gr.Dropdown(choices=ids, value=record.id)
+        key = [record.id, record.status, ids]
+        if shown and shown[:2] == key[:2]:
             return table, pick, self._status(record), gr.skip(), gr.skip(), key
         return table, pick, self._status(record), self._report(record), self._files(record), key
 

@@ -210,8 +210,12 @@ class TrainingTab:
         store = self.ctx.jobs.store
         jobs = store.list(50)
         table = pd.DataFrame([self._job_row(j) for j in jobs], columns=JOB_COLUMNS)
-        job_id = job_id or (jobs[0].id if jobs else None)
-        choices = gr.Dropdown(choices=[j.id for j in jobs], value=job_id)
+        ids = [j.id for j in jobs]
+        if job_id:  # the pick stays as the page has it: this tick may have read it just before Start changed it
+            choices = gr.Dropdown(choices=ids)
+        else:
+            job_id = ids[0] if ids else None
+            choices = gr.Dropdown(choices=ids, value=job_id)
         if job_id is None:
             return table, choices, "No jobs yet.", None, gr.LinePlot(visible=False), "", "", None
         job = store.get(job_id)

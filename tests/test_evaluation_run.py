@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from evaluation.store import AnswerStore
 from evaluation.runner import CaseResult, EvalConfig, EvalRun, run_evaluation
 from arena.votes import Vote, VoteStore
 from models import SamplingParams
-from tests.app_client import call_args
+from tests.app_client import call_args, page_config, queue_call
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -186,6 +187,17 @@ def test_evaluate_tab_runs_in_the_background(launch_app, tiny_engine):
     assert task.status == "done", task.error
     assert task.progress.done == 3
     assert "Score per category" in task.paths["html"].read_text()
+    # The list's timer never puts back the pick it read: a tick that read the older run just before Run or
+    # Generate picked the new one would show the old run for good (a CI run waited 180 s on that). It sends the
+    # choices and no value; a page with no pick yet (a reload) gets the newest run.
+    config = page_config(url)
+    pick = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "eval-pick")
+    tick = next(d for d in config["dependencies"]
+                if str(d.get("api_name")).startswith("_watch") and d["inputs"][:1] == [pick])
+    sent = queue_call(url, tick["id"], [task.id, None], client.session_hash)["output"]["data"][1]
+    assert "value" not in sent and task.id in str(sent["choices"]), sent
+    reloaded = queue_call(url, tick["id"], [None, None], uuid.uuid4().hex)["output"]["data"][1]
+    assert reloaded["value"] == task.id, reloaded
 
 
 def test_an_answer_store_that_is_not_sqlite_is_named(tmp_path):
