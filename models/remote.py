@@ -259,6 +259,8 @@ class RemoteBackend:
                 "busy": {s.url: s.busy for s in self.servers}}
 
     def close(self) -> None:
+        if not self.loop.is_running():  # closed already
+            return
         self.run(self.client.aclose())
         self.loop.call_soon_threadsafe(self.loop.stop)
 

@@ -41,11 +41,38 @@ def tiny_adapters(tmp_path_factory, tiny_model_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_engine(tmp_path_factory, tiny_model_path, tiny_adapters) -> Engine:
+def shared_engines() -> set[int]:
+    """ids of the session's engines, which the per-module closer below leaves open."""
+    return set()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def engines_close_with_their_module(shared_engines):
+    """Every engine a test module loads is closed when the module ends: an engine left open keeps its decode
+    thread, weights and KV cache for the rest of the run (a full run once held 16 GB of them)."""
+    loaded = []
+    load = Engine.__dict__["load"].__func__
+
+    def load_and_remember(cls, *args, **kwargs):
+        engine = load(cls, *args, **kwargs)
+        loaded.append(engine)
+        return engine
+
+    Engine.load = classmethod(load_and_remember)
+    yield
+    Engine.load = classmethod(load)
+    for engine in loaded:
+        if id(engine) not in shared_engines:
+            engine.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tmp_path_factory, tiny_model_path, tiny_adapters, shared_engines) -> Engine:
     """The default (batched) backend in fp32, so answers and scores equal plain transformers'."""
     data = tmp_path_factory.mktemp("tiny_data")
     engine = Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=data, adapter_dirs=[tiny_adapters],
                                       dtype="float32"))
+    shared_engines.add(id(engine))
     yield engine
     engine.close()
 
@@ -58,11 +85,12 @@ def trained_adapter(tmp_path_factory, default_model_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_engine(tmp_path_factory, default_model_path, trained_adapter) -> Engine:
+def real_engine(tmp_path_factory, default_model_path, trained_adapter, shared_engines) -> Engine:
     """The default model on the default (batched) backend in fp32: greedy answers equal plain transformers'."""
     data = tmp_path_factory.mktemp("real_data")
     engine = Engine.load(EngineConfig(base=str(default_model_path), data_dir=data, dtype="float32",
                                       kv_budget_mb=512, adapter_dirs=[trained_adapter.parent]))
+    shared_engines.add(id(engine))
     yield engine
     engine.close()
 
@@ -86,9 +114,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def launch_app():
-    """Start the real app (real engine, real HTTP server) and close every one at the end."""
+    """Start the real app (real engine, real HTTP server); each closes when its module ends (an open one keeps
+    its server, queue and job threads waking up: 28 of them once took a core from the rest of the run)."""
     from app.server import launch, make_context
     from app.settings import AppSettings
 
