@@ -1,6 +1,6 @@
 """`python -m app`: start the web app."""
 import sys
 
-from .server import main
+from .start import main
 
 sys.exit(main())

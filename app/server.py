@@ -9,7 +9,6 @@ import sys
 import gradio as gr
 from starlette.middleware import Middleware
 
-from evaluation.endpoints import parse_judge_endpoints
 from evaluation.store import AnswerStore
 from evaluation.tasks import EvalTasks
 from arena.ballots import VoteRule
@@ -17,7 +16,7 @@ from arena.ratings import RatingStore
 from arena.votes import VoteStore
 from kernel.errors import ArenaError
 from models import Engine
-from kernel.cli import Parser, add_engine_args, engine_config_from_args, log_to_stderr, run_command
+from kernel.cli import engine_config_from_args
 from chat.search import WebSearch, provider_from_settings
 from training.jobs import JobRunner
 from api import ApiSettings, Limits, build_api
@@ -29,7 +28,8 @@ from .evaluate_tab import EvaluateTab
 from .leaderboard_tab import LeaderboardTab
 from .login import ClientAddress, LoginGuard
 from .models_tab import ModelsTab
-from .settings import AppContext, AppSettings, SessionRequests
+from .options import AppSettings
+from .settings import AppContext, SessionRequests
 from .training_tab import TrainingTab
 from .widgets import TAB_KEY, remember_tab_js, session_of
 from .zerogpu import on_zerogpu
@@ -187,38 +187,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = Parser(prog="arena.py", description="LoRA Arena web app")
-    parser.add_argument("--host", default=None, help="default 127.0.0.1 (0.0.0.0 on Spaces)")
-    parser.add_argument("--port", type=int, default=None, help="default 7860")
-    parser.add_argument("--auth", default=None,
-                        help="USER:PASSWORD to require a login; prefer $ARENA_AUTH, since a flag shows in `ps`")
-    parser.add_argument("--public", action="store_true", default=None,
-                        help="public demo mode: no uploads, deletions, training or evaluation; the API only "
-                             "answers (or $ARENA_PUBLIC=1)")
-    parser.add_argument("--judge-endpoint", action="append", default=None, metavar="NAME=URL",
-                        help="an OpenAI-compatible judge or teacher the app offers by NAME (repeatable, or "
-                             "$ARENA_JUDGE_ENDPOINTS, space-separated): URL as http://host/v1?model=M, with "
-                             "&key_env=VAR to send the key in $VAR (no key is sent otherwise)")
-    parser.add_argument("--api-key", default=None,
-                        help="every /v1 API request needs 'Authorization: Bearer KEY'; prefer $ARENA_API_KEY, "
-                             "since a flag shows in `ps`")
-    parser.add_argument("--api-max-pending", type=int, default=None,
-                        help="API requests running or waiting at once; one more gets 429 (default 32)")
-    parser.add_argument("--api-wait", type=float, default=None, dest="api_wait_s",
-                        help="seconds an API request may wait for the model before it gets 503 (default 120)")
-    parser.add_argument("--no-ui", dest="ui", action="store_false", default=None,
-                        help="serve only the OpenAI-compatible API at /v1, no web page")
-    add_engine_args(parser)
-    return parser.parse_args(argv)
-
-
-def serve(args: argparse.Namespace) -> None:
-    endpoints = parse_judge_endpoints(args.judge_endpoint) if args.judge_endpoint else None
-    settings = AppSettings.from_env(host=args.host, port=args.port, public=args.public,
-                                    auth=AppSettings.parse_auth(args.auth), judge_endpoints=endpoints,
-                                    api_key=args.api_key, ui=args.ui, api_max_pending=args.api_max_pending,
-                                    api_wait_s=args.api_wait_s)
+def serve(args: argparse.Namespace, settings: AppSettings) -> None:
+    """Load the engine the command line asked for and serve it (app.options read and checked the rest)."""
     if args.backend is None and on_zerogpu():
         args.backend = "hf"
         log.info("ZeroGPU: serving with the reference backend (a GPU is lent per call)")
@@ -232,9 +202,3 @@ def serve(args: argparse.Namespace) -> None:
         serve_api_only(engine, settings)
         return
     launch(ctx)
-
-
-def main(argv=None) -> int:
-    log_to_stderr(logging.INFO)
-    args = parse_args(argv)
-    return run_command(lambda: serve(args), interrupted="stopped")

@@ -1,75 +1,23 @@
-"""App settings and the context object every tab receives (no module-level state anywhere)."""
+"""The context object every tab receives, and each session's running requests (no module-level state
+anywhere). The settings themselves are in app.options, read before the model libraries load."""
 from __future__ import annotations
 
-import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from evaluation.endpoints import JudgeEndpoint, parse_judge_endpoints
 from kernel.config import SamplingParams
 from models import ArenaError, Engine
 
 from .access import Access
+from .options import AppSettings
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = [REPO / "training" / "examples", REPO / "evaluation" / "suites"]
 CPU_NEW_TOKENS = 96  # default max new tokens on a CPU (an answer in ~10 s on the default model)
 DEVICE_NEW_TOKENS = 256
-
-
-@dataclass
-class AppSettings:
-    host: str = "127.0.0.1"
-    port: int = 7860
-    public: bool = False  # a public Space: no uploads, deletions or training
-    auth: tuple[str, str] | None = None
-    max_message_chars: int = 4000
-    max_upload_mb: int = 200
-    search_provider: str = "duckduckgo"  # duckduckgo, searxng or off
-    searxng_url: str | None = None
-    search_timeout_s: float = 10.0
-    judge_endpoints: dict[str, JudgeEndpoint] = field(default_factory=dict)  # --judge-endpoint NAME=URL
-    # Public mode: what one session may ask for at once (one-line refusals beyond these).
-    public_max_new_tokens: int = 512
-    public_max_columns: int = 3
-    public_max_requests: int = 2  # running at once, per session
-    votes_per_minute: int = 6  # per session, in every mode
-    login_free_failures: int = 5  # wrong logins from one client before it is locked out
-    login_lockout_s: float = 60.0  # the first lockout; it doubles with each further failure
-    api_key: str | None = None  # the /v1 API needs `Authorization: Bearer KEY` when set
-    api_max_pending: int = 32  # API requests running or waiting; one more is answered 429
-    api_wait_s: float = 120.0  # an API request that waits longer for the model is answered 503
-    ui: bool = True  # False: serve the /v1 API alone, no web page (--no-ui)
-
-    @staticmethod
-    def parse_auth(value: str | None) -> tuple[str, str] | None:
-        if not value:
-            return None
-        user, sep, password = value.partition(":")
-        if not sep or not user or not password:
-            raise ArenaError("--auth / ARENA_AUTH must look like USER:PASSWORD")
-        return user, password
-
-    @classmethod
-    def from_env(cls, **overrides) -> "AppSettings":
-        """Environment first (Spaces sets variables, not flags), then explicit overrides."""
-        env = os.environ
-        on_spaces = bool(env.get("SPACE_ID"))
-        values = dict(
-            host=env.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if on_spaces else "127.0.0.1"),
-            port=int(env.get("GRADIO_SERVER_PORT") or 7860),
-            public=env.get("ARENA_PUBLIC", "").lower() in ("1", "true", "yes"),
-            auth=cls.parse_auth(env.get("ARENA_AUTH")),
-            search_provider=env.get("ARENA_SEARCH", "duckduckgo"),
-            searxng_url=env.get("ARENA_SEARXNG_URL") or None,
-            judge_endpoints=parse_judge_endpoints(env.get("ARENA_JUDGE_ENDPOINTS", "").split()),
-            api_key=env.get("ARENA_API_KEY") or None,
-        )
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
 
 
 class SessionRequests:

@@ -119,6 +119,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     serving.add_argument("--max-lora-rank", type=int, default=32,
                          help="CUDA: largest rank those stacks hold; larger adapters are served by the reference path")
     serving.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: decode eagerly, without captured graphs")
+    serving.add_argument("--max-loaded-checkpoints", type=int, default=4, metavar="N",
+                         help="training checkpoints (run@N) held in memory at once; the least recently used makes "
+                              "room (default 4)")
     remote = parser.add_argument_group("remote backend")
     remote.add_argument("--backend-url", action="append", default=[], metavar="URL",
                         help="an OpenAI-compatible server (e.g. http://host:8000/v1: vLLM, another arena) answers "
@@ -135,7 +138,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         quantization=args.quantize, device=args.device, backend=args.backend or "batched", dtype=args.dtype,
         kv_budget_mb=args.kv_budget_mb, max_batch=args.max_batch, max_loras=args.max_loras,
         max_lora_rank=args.max_lora_rank, cuda_graphs=not args.no_cuda_graphs,
-        backend_urls=args.backend_url, backend_key=args.backend_key, backend_tokenizer=args.backend_tokenizer,
+        max_loaded_checkpoints=args.max_loaded_checkpoints, backend_urls=args.backend_url, backend_key=args.backend_key, backend_tokenizer=args.backend_tokenizer,
     )
 
 

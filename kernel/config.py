@@ -82,6 +82,7 @@ class EngineConfig:
     max_loras: int = 8  # CUDA: adapter slots of the batched backend, fixed so captured graphs stay valid
     max_lora_rank: int = 32  # CUDA: the largest rank those slots hold; larger adapters use the reference path
     cuda_graphs: bool = True  # CUDA: capture the decode step at a few batch sizes
+    max_loaded_checkpoints: int = 4  # training checkpoints (run@N) held at once; the least recently used makes room
     # Remote OpenAI-compatible servers (vLLM, another arena's /v1) instead of a local model; base is then unused.
     backend_urls: list[str] = field(default_factory=list)
     backend_key: str | None = field(default=None, repr=False)
@@ -96,7 +97,7 @@ class EngineConfig:
             raise ArenaError(f"unknown backend '{self.backend}': use {' or '.join(BACKENDS)}")
         if self.dtype not in DTYPE_CHOICES:
             raise ArenaError(f"unknown dtype '{self.dtype}': use {', '.join(DTYPE_CHOICES)}")
-        for name in ("kv_budget_mb", "max_batch"):
+        for name in ("kv_budget_mb", "max_batch", "max_loaded_checkpoints"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ArenaError(f"{name} must be a positive whole number, got {value!r}")

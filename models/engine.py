@@ -24,6 +24,7 @@ from .adapters import WEIGHTS_FILE, AdapterInfo
 from .backend import BASE_ROW, Backend, Row, ScoreRow, forced_dtype
 from .base import load_base
 from .batched.backend import load_batched
+from .checkpoints import memory_short, to_unload
 from .compatibility import check_compatible
 from .device_queue import Cancelled
 from .hf_backend import HFBackend
@@ -34,9 +35,6 @@ from .streaming import StreamEvent
 
 log = logging.getLogger(__name__)
 BASE = "base"
-MAX_LOADED_CHECKPOINTS = 4  # checkpoints held at once; the least recently used one makes room
-CHECKPOINT_IDLE_S = 600.0  # a checkpoint unused this long is unloaded at the next request
-MIN_FREE_FRACTION = 0.1  # below this share of free memory, loading a checkpoint unloads idle ones first
 
 
 def make_backend(config: EngineConfig) -> Backend:
@@ -273,19 +271,16 @@ class Engine:
             return self._load_adapter(name) if loading else info
 
     def _make_room(self, current: str, loading: bool) -> None:
-        """Unload checkpoints beyond MAX_LOADED_CHECKPOINTS, unused for CHECKPOINT_IDLE_S, or all idle ones
-        when memory runs short; never one that rows are streaming from."""
+        """Unload the checkpoints models.checkpoints picks: over the limit, long unused, or idle while
+        memory runs short; never one that rows are streaming from."""
         now = time.monotonic()
         loaded = [a for a in self.adapters() if a.lazy and a.status == "loaded" and a.name != current]
-        with self._lock:
-            idle = sorted((a for a in loaded if not self._in_use[a.name]), key=lambda a: a.last_used)
-        excess = len(loaded) + 1 - MAX_LOADED_CHECKPOINTS
         short = loading and memory_short(self.backend.base.device)
-        for info in idle:
-            if excess > 0 or short or now - info.last_used > CHECKPOINT_IDLE_S:
-                log.info("unloading checkpoint %s (unused for %.0f s)", info.name, now - info.last_used)
-                self._unload_adapter(info.name, forget=False)
-                excess -= 1
+        with self._lock:
+            chosen = to_unload(loaded, self._in_use, self.config.max_loaded_checkpoints, now, short)
+        for info in chosen:
+            log.info("unloading checkpoint %s (unused for %.0f s)", info.name, now - info.last_used)
+            self._unload_adapter(info.name, forget=False)
 
     def _use(self, adapters: list[str], count: int) -> None:
         with self._lock:
@@ -407,17 +402,3 @@ class Engine:
     def close(self) -> None:
         """Stop the backend's worker thread (tests and the bench load several engines in one process)."""
         self.backend.close()
-
-
-def memory_short(device: torch.device) -> bool:
-    """Less than MIN_FREE_FRACTION of the device's memory (the machine's, on a CPU) is free."""
-    try:
-        if device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(device)
-        else:
-            import os
-
-            free, total = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PHYS_PAGES")
-        return free < MIN_FREE_FRACTION * total
-    except (OSError, ValueError, RuntimeError, AttributeError):
-        return False

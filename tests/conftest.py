@@ -119,7 +119,7 @@ def launch_app():
     """Start the real app (real engine, real HTTP server); each closes when its module ends (an open one keeps
     its server, queue and job threads waking up: 28 of them once took a core from the rest of the run)."""
     from app.server import launch, make_context
-    from app.settings import AppSettings
+    from app.options import AppSettings
 
     started = []
 

@@ -94,10 +94,8 @@ def test_checkpoints_are_variants_ordered_by_step_with_their_losses(layout):
 
 
 def test_checkpoints_load_on_first_use_and_unload_least_recently_used(layout, monkeypatch):
-    import models.engine as engine_module
-
     assert {by_name(layout)[f"output@{s}"].status for s in (5, 10, 20)} == {"available"}
-    monkeypatch.setattr(engine_module, "MAX_LOADED_CHECKPOINTS", 2)
+    monkeypatch.setattr(layout.config, "max_loaded_checkpoints", 2)  # the setting, for this test only
     answers = {s: layout.generate(f"output@{s}", "Hi", params=GREEDY).text for s in (5, 10, 20)}
     infos = by_name(layout)
     assert [infos[f"output@{s}"].status for s in (5, 10, 20)] == ["available", "loaded", "loaded"]
@@ -121,9 +119,7 @@ def test_random_arena_battles_are_between_finished_models_never_checkpoints(layo
 
 
 def test_several_checkpoints_in_one_request_are_all_kept_while_streaming(layout, monkeypatch):
-    import models.engine as engine_module
-
-    monkeypatch.setattr(engine_module, "MAX_LOADED_CHECKPOINTS", 1)
+    monkeypatch.setattr(layout.config, "max_loaded_checkpoints", 1)  # the setting, for this test only
     answers = layout.compare(["output@5", "output@10", "output@20"], "Hi", params=GREEDY)
     assert all(a.text for a in answers)
 
