@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     import openai
 
     from app.server import launch, make_context
-    from app.settings import AppSettings
+    from app.options import AppSettings
     from models import Engine
 
     load_start = os.getloadavg()[0]
