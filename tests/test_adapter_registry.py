@@ -100,7 +100,10 @@ def test_compare_repeats_the_warning_under_that_adapters_answer(tmp_path, tiny_m
     from tests.app_client import call_args
 
     shutil.copytree(tiny_adapters / "a2", tmp_path / "adapters" / "other-base")
-    _break_other_base(tmp_path / "adapters" / "other-base")
+    config_file = tmp_path / "adapters" / "other-base" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = "Qwen/Qwen2.5-0.5B-Instruct-<b>x</b>"  # the adapter's own words: markup
+    config_file.write_text(json.dumps(config))
     shutil.copytree(tiny_adapters / "a1", tmp_path / "adapters" / "a1")
     engine = Engine.load(EngineConfig(base=str(tiny_model_path), data_dir=tmp_path))
     _, url = launch_app(engine)
@@ -110,7 +113,8 @@ def test_compare_repeats_the_warning_under_that_adapters_answer(tmp_path, tiny_m
     final = client.submit(*args, api_name="/compare_send").result(timeout=120)
     stats_a1, stats_other = final[7], final[8]  # as in test_app_api.py
     assert "tok/s" in stats_a1 and "warning" not in stats_a1
-    assert "tok/s" in stats_other and "warning: made for meta-llama/Llama-3.2-1B-Instruct (another family)" in stats_other
+    assert "tok/s" in stats_other and "(another family)" in stats_other
+    assert "Instruct-&lt;b&gt;x&lt;/b&gt;" in stats_other and "<b>" not in stats_other  # shown as text, not markup
     engine.close()
 
 
