@@ -26,6 +26,14 @@ def default_model_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tokenizer(default_model_path):
+    """The default model's tokenizer and chat template, read only (a test that changes one loads its own)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_model_path)
+
+
+@pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory, default_model_path) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", default_model_path)
 

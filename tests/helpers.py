@@ -79,6 +79,16 @@ def train_tiny_adapter(base_path: Path, target: Path, steps: int = 12) -> Path:
     return target
 
 
+# A short real conversation: a system turn and two answered questions (loss masks, data checks).
+CHAT = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Name a primary colour."},
+    {"role": "assistant", "content": "Red."},
+    {"role": "user", "content": "Another one, please?"},
+    {"role": "assistant", "content": "Blue, and then yellow."},
+]
+
+
 def shared_data() -> Path:
     """The public datasets: ../shared/data beside the checkout (CI's layout), or $ARENA_SHARED_DATA."""
     import os

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
 
 import inference
 from evaluation.suite import MAX_CASE_CHARS, load_suite
@@ -25,11 +24,6 @@ from tests.helpers import in_process, one_line_error
 from kernel.files import MAX_TEXT_BYTES as MAX_DATASET_BYTES
 
 MAX_LENGTH = 64
-
-
-@pytest.fixture(scope="module")
-def tokenizer(default_model_path):
-    return AutoTokenizer.from_pretrained(default_model_path)
 
 
 def sparse(path: Path, size: int) -> Path:

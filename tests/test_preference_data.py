@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
 
 from arena.export import export_jsonl, select_pairs
 from arena.votes import Vote, VoteStore
@@ -20,11 +19,6 @@ from training.config import TrainConfig
 from training.preference_data import load_preference_dataset, load_split, preview, trl_row
 
 DPO = shared_data() / "dpo_en_demo.json"
-
-
-@pytest.fixture(scope="module")
-def tokenizer(default_model_path):
-    return AutoTokenizer.from_pretrained(default_model_path)
 
 
 def jsonl(path: Path, rows: list) -> Path:
