@@ -185,7 +185,7 @@ def test_cancel_ignored_is_killed_after_the_grace(make_runner):
     assert done.status == "cancelled"
     assert "did not stop within 0.5 s of the cancel request" in done.error
     assert not process_alive(pid, started)
-    wait_for(lambda: not process_alive(child, child_started), timeout=5, what="the child to be killed too")
+    wait_for(lambda: not process_alive(child, child_started), timeout=20, what="the child to be killed too")
 
 
 def test_cancel_queued_job_at_once(make_runner):

@@ -256,7 +256,7 @@ def test_a_request_that_cannot_get_the_model_in_time_is_a_503(launch_app, tmp_pa
         client.chat.completions.create(model="base", messages=HELLO, **GREEDY)
     running.close()
     assert error.value.status_code == 503 and "within 0.5 s" in error.value.body["message"]
-    wait_for(lambda: engine.info()["waiting"] == 0, timeout=2, what="the request to leave the line")
+    wait_for(lambda: engine.info()["waiting"] == 0, timeout=10, what="the request to leave the line")
 
 
 def test_a_client_that_hangs_up_frees_its_place_at_once(launch_app, tmp_path, tiny_model_path):
@@ -270,7 +270,7 @@ def test_a_client_that_hangs_up_frees_its_place_at_once(launch_app, tmp_path, ti
     waiting = raw_request(url, "/v1/chat/completions", {"model": "base", "messages": HELLO, "stream": True})
     wait_for(lambda: engine.info()["waiting"] == 1, what="the second request to wait in line")
     waiting.close()  # hang up while waiting: out of the line at once
-    wait_for(lambda: engine.info()["waiting"] == 0, timeout=3, what="the line to empty")
+    wait_for(lambda: engine.info()["waiting"] == 0, timeout=10, what="the line to empty")
     running.close()  # hang up mid-answer: the generation stops, the next request need not wait for it
     started = time.monotonic()
     quick = api_client(url, timeout=60).chat.completions.create(model="base", messages=HELLO, **GREEDY)

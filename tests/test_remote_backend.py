@@ -198,5 +198,5 @@ def test_stop_on_the_page_hangs_up_the_remote_request(remote_engine):
     cancel.set()
     last = list(events)[-1]
     assert first.text and last.done and last.stats.finish_reason == "cancelled"
-    wait_for(lambda: remote_engine.info()["busy"] == {remote_engine.info()["servers"][0]: 0}, timeout=5,
+    wait_for(lambda: remote_engine.info()["busy"] == {remote_engine.info()["servers"][0]: 0}, timeout=30,
              what="the remote request to be hung up")
