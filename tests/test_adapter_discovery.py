@@ -143,5 +143,8 @@ def test_another_family_is_served_with_a_warning_until_the_user_decides(layout):
     assert decisions == {"other-family": "do not serve"}
     layout.rescan()
     assert by_name(layout)["other-family"].status == "failed", "the decision is remembered across rescans"
+    restarted = Engine.load(layout.config)  # as the app after a restart, on the same data folder
+    assert by_name(restarted)["other-family"].status == "failed", "and across restarts"
+    assert "do not serve" in by_name(restarted)["other-family"].reason
     assert layout.decide("other-family", "serve anyway").status == "loaded"
     assert by_name(layout)["other-family"].to_row()["note"].endswith("(serve anyway)")
