@@ -13,15 +13,16 @@ import os
 import shutil
 import sys
 import textwrap
+from typing import TYPE_CHECKING
 
 from kernel.cli import (Parser, add_engine_args, add_sampling_args, engine_config_from_args, log_to_stderr,
                         quiet_libraries, run_command, sampling_from_args)
+from kernel.errors import ArenaError
 from kernel.files import JsonlAppender, load_done, read_jsonl
+from models.prompts import max_token_chars, normalize_messages, text_chars
 
-quiet_libraries()
-from models import ArenaError, Engine  # noqa: E402
-from models.discovery import describe  # noqa: E402
-from models.prompts import max_token_chars, normalize_messages, text_chars  # noqa: E402
+if TYPE_CHECKING:  # the engine (torch, transformers) is imported in run(), after the flags were read:
+    from models import Engine  # a wrong flag or --help is answered at once
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def list_variants(engine: Engine) -> None:
+    from models.discovery import describe
+
     info = engine.info()
     quantized = f", {info['quantization']}, {info['memory_saved_mb']:.0f} MB saved" if info["memory_saved_mb"] else ""
     print(f"base  {info['name']}  ({info['parameters'] / 1e6:.1f}M parameters, {info['dtype']}, {info['device']}"
@@ -156,6 +159,9 @@ def run(args) -> None:
         raise ArenaError(f"--output {args.output} is a folder: give a file name")
     if args.prompt:
         normalize_messages(args.prompt, args.system)  # bad text fails now, not after loading the model
+    quiet_libraries()
+    from models import Engine
+
     engine = Engine.load(engine_config_from_args(args))
     if args.list:
         list_variants(engine)
