@@ -17,6 +17,9 @@ from kernel.errors import ArenaError
 
 @dataclass
 class AppSettings:
+    """What the app serves and allows: built from the flags and the environment (Spaces sets variables),
+    or directly by tests and the bench."""
+
     host: str = "127.0.0.1"
     port: int = 7860
     public: bool = False  # a public Space: no uploads, deletions or training
