@@ -138,7 +138,8 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         quantization=args.quantize, device=args.device, backend=args.backend or "batched", dtype=args.dtype,
         kv_budget_mb=args.kv_budget_mb, max_batch=args.max_batch, max_loras=args.max_loras,
         max_lora_rank=args.max_lora_rank, cuda_graphs=not args.no_cuda_graphs,
-        max_loaded_checkpoints=args.max_loaded_checkpoints, backend_urls=args.backend_url, backend_key=args.backend_key, backend_tokenizer=args.backend_tokenizer,
+        max_loaded_checkpoints=args.max_loaded_checkpoints,
+        backend_urls=args.backend_url, backend_key=args.backend_key, backend_tokenizer=args.backend_tokenizer,
     )
 
 
